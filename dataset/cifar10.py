@@ -1,0 +1,132 @@
+"""CIFAR-10, python version: data_batch_1..data_batch_5 (50,000 training images)
+and test_batch (10,000 test images), as in cifar-10-python.tar.gz.
+
+Each file is a pickle of a dict whose 'data' is a uint8 N×3072 array, one image
+per row stored channel-major (the 32×32 red plane row by row, then green, then
+blue), and whose 'labels' is a list of N class indices. The pickling code here
+also serves CIFAR-100, which uses the same layout.
+"""
+
+import functools
+import pickle
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from dataset import as_labels, check_labels, find_files, read_file, to_unit_float
+
+TITLE = 'CIFAR-10'
+FILES = ('data_batch_1', 'data_batch_2', 'data_batch_3', 'data_batch_4', 'data_batch_5',
+         'test_batch')
+CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+               'truck')
+
+# The only globals that pickled numpy arrays, lists and dicts refer to (Python 2
+# and 3, numpy 1 and 2, protocols 2 to 5). Anything else is refused, so that a
+# crafted file cannot run code when it is loaded.
+_PICKLE_GLOBALS = frozenset([
+    ('numpy', 'ndarray'), ('numpy', 'dtype'),
+    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+    ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
+    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
+    ('_codecs', 'encode'), ('copy_reg', '_reconstructor'), ('copyreg', '_reconstructor'),
+    ('__builtin__', 'object'), ('builtins', 'object'),
+    ('__builtin__', 'bytes'), ('builtins', 'bytes'),
+    ('__builtin__', 'bytearray'), ('builtins', 'bytearray'),
+])
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that only builds numpy arrays and plain Python containers."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise pickle.UnpicklingError('it refers to %s.%s, which a dataset file does not'
+                                         % (module, name))
+        return super().find_class(module, name)
+
+
+def _entries(obj: Any) -> Dict[str, Any]:
+    """The unpickled dict with its keys as str (Python 3 pickles may use bytes)."""
+    if not isinstance(obj, dict):
+        raise ValueError('it holds a %s, expected a dict' % type(obj).__name__)
+    return {k.decode('latin1') if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def read_batch(path: str, label_key: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Reads one CIFAR python batch.
+
+    Args:
+        path: the pickle file.
+        label_key: 'labels' (CIFAR-10) or 'fine_labels' (CIFAR-100).
+
+    Returns:
+        uint8 images N×32×32×3 and int64 labels (not yet range-checked).
+
+    Raises:
+        ValueError: the dict lacks a key or its data has the wrong type or shape;
+            pickle, EOF and OS errors propagate (``dataset.read_file`` reports them).
+    """
+    with open(path, 'rb') as f:
+        entries = _entries(_ArrayUnpickler(f, encoding='latin1').load())
+    for key in ('data', label_key):
+        if key not in entries:
+            raise ValueError("no '%s' entry" % key)
+    data = entries['data']
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3 * 32 * 32:
+        raise ValueError("'data' is %s, expected a uint8 Nx3072 array" % _describe(data))
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, as_labels(entries[label_key])
+
+
+def _describe(value: Any) -> str:
+    """A short description of a value: dtype and shape for arrays, else the type."""
+    if isinstance(value, np.ndarray):
+        return '%s %s' % (value.dtype, 'x'.join(str(d) for d in value.shape))
+    return 'a %s' % type(value).__name__
+
+
+def load_split(paths: Sequence[str], label_key: str, n_classes: int,
+               title: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Reads, checks and concatenates the batches of one split.
+
+    Args:
+        paths: the batch files, in order.
+        label_key: the dict key of the labels.
+        n_classes: labels must lie in [0, n_classes).
+        title: the dataset's name for messages.
+
+    Returns:
+        float32 images N×32×32×3 in [0, 1] and int64 labels.
+
+    Raises:
+        UsageError: a batch is unreadable, malformed, or has bad labels.
+    """
+    images: List[np.ndarray] = []
+    labels: List[np.ndarray] = []
+    for path in paths:
+        x, y = read_file(path, functools.partial(read_batch, label_key=label_key), title)
+        check_labels(len(x), y, n_classes, title, "file '%s'" % path)
+        images.append(x)
+        labels.append(y)
+    return to_unit_float(np.concatenate(images)), np.concatenate(labels)
+
+
+def load_data(folder: str) -> Tuple[Tuple[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]:
+    """Loads CIFAR-10 from the folder of the python version.
+
+    Args:
+        folder: holds data_batch_1..data_batch_5 and test_batch.
+
+    Returns:
+        ``(x_train, y_train), (x_test, y_test)``: float32 N×32×32×3 in [0, 1],
+        int64 labels in [0, 10).
+
+    Raises:
+        UsageError: missing folder or file, bad file, bad labels.
+    """
+    paths = find_files(folder, TITLE, FILES)
+    train = load_split(paths[:5], 'labels', len(CLASS_NAMES), TITLE)
+    test = load_split(paths[5:], 'labels', len(CLASS_NAMES), TITLE)
+    return train, test

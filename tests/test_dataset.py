@@ -1,0 +1,487 @@
+"""The dataset loaders and registry, on tiny files written here in each official
+format (CIFAR python pickles, SVHN .mat, Fashion-MNIST gzip IDX), and every kind
+of bad input they must turn into a one-line UsageError."""
+
+import gzip
+import os
+import pickle
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+
+import dataset
+from dataset import cifar10, cifar100, fashion_mnist, svhn
+from utils import UsageError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEBIAN_FASHION = '/usr/share/datasets/fashion-mnist'
+
+
+# -------------------------------------------------------------- file writers
+
+def cifar_rows(n, seed):
+    """Random uint8 CIFAR rows, N×3072 channel-major."""
+    return np.random.RandomState(seed).randint(0, 256, (n, 3072)).astype(np.uint8)
+
+
+def rows_to_nhwc(rows):
+    """What a loader should make of CIFAR rows, before scaling."""
+    return rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+
+
+def write_pickle(path, obj, protocol=2):
+    with open(str(path), 'wb') as f:
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def write_cifar10(folder, n=3, bytes_keys=False, protocol=2):
+    """The six CIFAR-10 batches with ``n`` images each; returns name → (rows, labels)."""
+    os.makedirs(str(folder), exist_ok=True)
+    written = {}
+    for k, name in enumerate(cifar10.FILES):
+        rows = cifar_rows(n, seed=k)
+        labels = [(k + i) % 10 for i in range(n)]
+        keys = (b'data', b'labels', b'batch_label') if bytes_keys else ('data', 'labels', 'batch_label')
+        write_pickle(os.path.join(str(folder), name),
+                     dict(zip(keys, (rows, labels, 'batch %d' % k))), protocol)
+        written[name] = (rows, labels)
+    return written
+
+
+def write_cifar100(folder, n=4):
+    """CIFAR-100 train and test; returns name → (rows, fine labels)."""
+    os.makedirs(str(folder), exist_ok=True)
+    written = {}
+    for k, name in enumerate(cifar100.FILES):
+        rows = cifar_rows(n, seed=10 + k)
+        fine = [99 - k - i for i in range(n)]
+        write_pickle(os.path.join(str(folder), name),
+                     {'data': rows, 'fine_labels': fine, 'coarse_labels': [i % 20 for i in fine],
+                      'filenames': ['f%d.png' % i for i in range(n)]})
+        written[name] = (rows, fine)
+    return written
+
+
+def write_svhn(folder, n=5):
+    """SVHN train and test .mat files; returns name → (X 32×32×3×N, y N×1 with 10 for 0)."""
+    os.makedirs(str(folder), exist_ok=True)
+    written = {}
+    for k, name in enumerate(svhn.FILES):
+        x = np.random.RandomState(20 + k).randint(0, 256, (32, 32, 3, n)).astype(np.uint8)
+        y = (np.arange(n) % 10 + 1).astype(np.uint8).reshape(n, 1)  # 1..10, 10 meaning 0
+        scipy.io.savemat(os.path.join(str(folder), name), {'X': x, 'y': y})
+        written[name] = (x, y)
+    return written
+
+
+def idx_bytes(array, magic=None):
+    """An IDX file of uint8 values: magic, big-endian dimensions, data."""
+    magic = (0x800 | array.ndim) if magic is None else magic
+    return (struct.pack('>I', magic) + struct.pack('>%dI' % array.ndim, *array.shape)
+            + array.astype(np.uint8).tobytes())
+
+
+def write_bytes(path, raw):
+    """Writes ``raw``, gzip-compressed when the name ends in '.gz'."""
+    opener = gzip.open if str(path).endswith('.gz') else open
+    with opener(str(path), 'wb') as f:
+        f.write(raw)
+
+
+def write_fashion(folder, n_train=6, n_test=4, gz=True):
+    """The four Fashion-MNIST IDX files; returns name → array (28×28 images or labels)."""
+    os.makedirs(str(folder), exist_ok=True)
+    rng = np.random.RandomState(30)
+    arrays = {}
+    for prefix, n in (('train', n_train), ('t10k', n_test)):
+        arrays[prefix + '-images-idx3-ubyte.gz'] = rng.randint(1, 256, (n, 28, 28)).astype(np.uint8)
+        arrays[prefix + '-labels-idx1-ubyte.gz'] = (np.arange(n) % 10).astype(np.uint8)
+    for name, array in arrays.items():
+        write_bytes(os.path.join(str(folder), name if gz else name[:-3]), idx_bytes(array))
+    return arrays
+
+
+WRITERS = {'cifar10': write_cifar10, 'cifar100': write_cifar100, 'svhn': write_svhn,
+           'fashion_mnist': write_fashion}
+NAMES = sorted(WRITERS)
+
+
+def usage_error(fn, *fragments):
+    """Calls ``fn``, expects a one-line UsageError that names ``fragments`` and the doc."""
+    with pytest.raises(UsageError) as info:
+        fn()
+    message = str(info.value)
+    assert '\n' not in message
+    assert 'see dataset/dataset.txt' in message
+    for fragment in fragments:
+        assert fragment in message
+    return message
+
+
+def scaled(uint8_images):
+    return uint8_images.astype(np.float32) / np.float32(255)
+
+
+# ----------------------------------------------------------- good files load
+
+def test_cifar10_round_trip(tmp_path):
+    written = write_cifar10(tmp_path)
+    (x, y), (xt, yt) = cifar10.load_data(str(tmp_path))
+    assert x.shape == (15, 32, 32, 3) and xt.shape == (3, 32, 32, 3)
+    assert x.dtype == np.float32 and y.dtype == np.int64 and yt.dtype == np.int64
+    train_rows = np.concatenate([written['data_batch_%d' % i][0] for i in range(1, 6)])
+    np.testing.assert_array_equal(x, scaled(rows_to_nhwc(train_rows)))
+    np.testing.assert_array_equal(xt, scaled(rows_to_nhwc(written['test_batch'][0])))
+    assert y.tolist() == sum((written['data_batch_%d' % i][1] for i in range(1, 6)), [])
+    assert yt.tolist() == written['test_batch'][1]
+    assert 0 <= x.min() and x.max() <= 1
+
+
+def test_cifar10_pixel_lands_at_row_col_channel(tmp_path):
+    write_cifar10(tmp_path)
+    rows = np.zeros((2, 3072), np.uint8)
+    rows[1, 2 * 1024 + 5 * 32 + 7] = 200  # blue plane, row 5, column 7 of image 1
+    rows[0, 0 * 1024 + 31 * 32 + 0] = 17  # red plane, row 31, column 0 of image 0
+    write_pickle(tmp_path / 'test_batch', {'data': rows, 'labels': [0, 1]})
+    _, (xt, _) = cifar10.load_data(str(tmp_path))
+    assert xt[1, 5, 7, 2] == np.float32(200) / np.float32(255)
+    assert xt[0, 31, 0, 0] == np.float32(17) / np.float32(255)
+    assert np.count_nonzero(xt) == 2
+
+
+def test_cifar10_bytes_keys(tmp_path):
+    written = write_cifar10(tmp_path, bytes_keys=True)
+    _, (xt, yt) = cifar10.load_data(str(tmp_path))
+    np.testing.assert_array_equal(xt, scaled(rows_to_nhwc(written['test_batch'][0])))
+    assert yt.tolist() == written['test_batch'][1]
+
+
+@pytest.mark.parametrize('protocol', range(2, pickle.HIGHEST_PROTOCOL + 1))
+def test_cifar10_any_pickle_protocol(tmp_path, protocol):
+    written = write_cifar10(tmp_path, protocol=protocol)
+    labels = np.array(written['test_batch'][1], np.int64)  # numpy scalars in the list too
+    write_pickle(tmp_path / 'test_batch', {'data': written['test_batch'][0], 'labels': list(labels)},
+                 protocol)
+    _, (xt, yt) = cifar10.load_data(str(tmp_path))
+    assert yt.tolist() == labels.tolist() and xt.shape == (3, 32, 32, 3)
+
+
+def test_cifar100_uses_fine_labels(tmp_path):
+    written = write_cifar100(tmp_path)
+    (x, y), (xt, yt) = cifar100.load_data(str(tmp_path))
+    assert x.shape == (4, 32, 32, 3) and xt.shape == (4, 32, 32, 3)
+    np.testing.assert_array_equal(x, scaled(rows_to_nhwc(written['train'][0])))
+    np.testing.assert_array_equal(xt, scaled(rows_to_nhwc(written['test'][0])))
+    assert y.tolist() == written['train'][1] and yt.tolist() == written['test'][1]
+    assert y.max() == 99 and y.dtype == np.int64
+
+
+def test_svhn_round_trip_and_ten_means_zero(tmp_path):
+    written = write_svhn(tmp_path, n=12)
+    (x, y), (xt, yt) = svhn.load_data(str(tmp_path))
+    assert x.shape == (12, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int64
+    raw_x, raw_y = written['train_32x32.mat']
+    assert x[3, 4, 5, 2] == np.float32(raw_x[4, 5, 2, 3]) / np.float32(255)
+    np.testing.assert_array_equal(x, scaled(raw_x.transpose(3, 0, 1, 2)))
+    assert y.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2]
+    assert raw_y[9, 0] == 10 and y[9] == 0
+    np.testing.assert_array_equal(xt, scaled(written['test_32x32.mat'][0].transpose(3, 0, 1, 2)))
+
+
+def test_svhn_double_labels_and_compressed_mat(tmp_path):
+    x = np.full((32, 32, 3, 2), 255, np.uint8)
+    for name in svhn.FILES:
+        scipy.io.savemat(str(tmp_path / name), {'X': x, 'y': np.array([[10.0], [3.0]])},
+                         do_compression=True)
+    (xs, ys), _ = svhn.load_data(str(tmp_path))
+    assert ys.tolist() == [0, 3] and np.all(xs == 1)
+
+
+@pytest.mark.parametrize('gz', [True, False])
+def test_fashion_padding_and_centre(tmp_path, gz):
+    arrays = write_fashion(tmp_path, gz=gz)
+    (x, y), (xt, yt) = fashion_mnist.load_data(str(tmp_path))
+    assert x.shape == (6, 32, 32, 1) and xt.shape == (4, 32, 32, 1)
+    assert x.dtype == np.float32 and y.dtype == np.int64
+    np.testing.assert_array_equal(x[:, 2:30, 2:30, 0], scaled(arrays['train-images-idx3-ubyte.gz']))
+    np.testing.assert_array_equal(xt[:, 2:30, 2:30, 0], scaled(arrays['t10k-images-idx3-ubyte.gz']))
+    border = np.ones((32, 32), bool)
+    border[2:30, 2:30] = False
+    assert np.all(x[:, border] == 0) and np.all(xt[:, border] == 0)
+    assert np.all(x[:, 2:30, 2:30] > 0)  # the writer uses values 1..255
+    assert y.tolist() == [0, 1, 2, 3, 4, 5] and yt.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.skipif(not os.path.isdir(DEBIAN_FASHION), reason='dataset-fashion-mnist not installed')
+def test_real_debian_fashion_mnist():
+    (x, y), (xt, yt) = dataset.load('fashion_mnist')
+    assert x.shape == (60000, 32, 32, 1) and xt.shape == (10000, 32, 32, 1)
+    assert np.bincount(y).tolist() == [6000] * 10 and np.bincount(yt).tolist() == [1000] * 10
+    assert x[:, :2].max() == 0 and x[:, :, 30:].max() == 0 and x.max() == 1
+
+
+# ------------------------------------------------------------------ registry
+
+def test_registry_entries():
+    assert sorted(dataset.DATASETS) == ['cifar10', 'cifar100', 'fashion_mnist', 'svhn']
+    for name, info in dataset.DATASETS.items():
+        assert info.name == name and dataset.get(name) is info
+        assert info.n_classes == len(info.class_names) == len(set(info.class_names))
+        assert info.shape[:2] == (32, 32) and info.files
+    assert dataset.get('cifar10').class_names[:3] == ('airplane', 'automobile', 'bird')
+    assert dataset.get('cifar100').n_classes == 100
+    assert dataset.get('cifar100').class_names[0] == 'apple'
+    assert dataset.get('cifar100').class_names[-1] == 'worm'
+    assert dataset.get('svhn').class_names == tuple('0123456789')
+    assert dataset.get('fashion_mnist').class_names == (
+        'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker',
+        'Bag', 'Ankle boot')
+    flags = {n: (i.zca, i.hflip, i.sesemi_epochs, i.shape[2]) for n, i in dataset.DATASETS.items()}
+    assert flags == {'cifar10': (True, True, 50, 3), 'cifar100': (True, True, 50, 3),
+                     'svhn': (False, False, 30, 3), 'fashion_mnist': (False, True, 30, 1)}
+    assert dataset.get('fashion_mnist').default_dir == DEBIAN_FASHION
+    assert dataset.ASL_EPOCHS == 300
+
+
+def test_unknown_dataset_lists_known_names():
+    message = usage_error(lambda: dataset.get('mnist'), "'mnist'", 'cifar10', 'cifar100',
+                          'svhn', 'fashion_mnist')
+    assert message == usage_error(lambda: dataset.load('mnist'))
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_load_by_name_with_folder_and_default(tmp_path, monkeypatch, name):
+    WRITERS[name](tmp_path)
+    info = dataset.get(name)
+    (x, y), (xt, yt) = dataset.load(name, str(tmp_path))
+    assert x.shape[1:] == xt.shape[1:] == info.shape
+    assert y.max() < info.n_classes
+    monkeypatch.setitem(dataset.DATASETS, name, info._replace(default_dir=str(tmp_path)))
+    (x2, _), _ = dataset.load(name)
+    np.testing.assert_array_equal(x, x2)
+
+
+def test_doc_names_every_file_and_flag():
+    with open(os.path.join(ROOT, 'dataset', 'dataset.txt')) as f:
+        doc = f.read()
+    for name, info in dataset.DATASETS.items():
+        assert '--data=%s' % name in doc
+        for file_name in info.files:
+            assert file_name in doc
+
+
+def test_no_tensorflow_import():
+    code = ("import sys, utils; before = 'tensorflow' in sys.modules; import dataset; "
+            "sys.exit(('tensorflow' in sys.modules) != before)")
+    assert subprocess.call([sys.executable, '-c', code], cwd=ROOT) == 0
+
+
+# ---------------------------------------------------- bad input, every loader
+
+@pytest.mark.parametrize('name', NAMES)
+def test_missing_folder(tmp_path, name):
+    folder = str(tmp_path / 'nowhere')
+    usage_error(lambda: dataset.load(name, folder), folder, 'does not exist',
+                "'%s'" % dataset.get(name).files[0])
+
+
+@pytest.mark.parametrize('name,file_name',
+                         [(n, f) for n in NAMES for f in dataset.get(n).files])
+def test_missing_file(tmp_path, name, file_name):
+    WRITERS[name](tmp_path)
+    os.remove(str(tmp_path / file_name))
+    usage_error(lambda: dataset.load(name, str(tmp_path)), "no file '%s'" % file_name)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_directory_instead_of_file(tmp_path, name):
+    WRITERS[name](tmp_path)
+    file_name = dataset.get(name).files[-1]
+    os.remove(str(tmp_path / file_name))
+    os.mkdir(str(tmp_path / file_name))
+    usage_error(lambda: dataset.load(name, str(tmp_path)), "no file '%s'" % file_name)
+
+
+def _truncate(path):
+    with open(path, 'rb') as f:
+        raw = f.read()
+    with open(path, 'wb') as f:
+        f.write(raw[:len(raw) // 2])
+
+
+def _garbage(path):
+    with open(path, 'wb') as f:
+        f.write(b'this is not a dataset file\x00\xff' * 50)
+
+
+def _empty(path):
+    open(path, 'wb').close()
+
+
+@pytest.mark.parametrize('damage', [_truncate, _garbage, _empty])
+@pytest.mark.parametrize('name,file_name',
+                         [(n, f) for n in NAMES for f in dataset.get(n).files])
+def test_damaged_file(tmp_path, name, file_name, damage):
+    WRITERS[name](tmp_path)
+    path = str(tmp_path / file_name)
+    damage(path)
+    usage_error(lambda: dataset.load(name, str(tmp_path)), "file '%s'" % path,
+                'truncated or not in the expected format')
+
+
+def test_unreadable_file_is_not_called_corrupt(tmp_path):
+    def reader(path):
+        raise PermissionError(13, 'Permission denied', path)
+
+    path = str(tmp_path / 'test_batch')
+    message = usage_error(lambda: dataset.read_file(path, reader, 'CIFAR-10'), path,
+                          'cannot be read (Permission denied)')
+    assert 'truncated' not in message
+
+
+# ------------------------------------------------------------ CIFAR contents
+
+CIFAR_BAD = [
+    ({'data': np.zeros((2, 3000), np.uint8), 'labels': [0, 1]}, "'data' is uint8 2x3000"),
+    ({'data': np.zeros((2, 3072)), 'labels': [0, 1]}, "'data' is float64 2x3072"),
+    ({'data': [[0] * 3072] * 2, 'labels': [0, 1]}, "'data' is a list"),
+    ({'data': np.zeros((2, 3072), np.uint8)}, "no 'labels' entry"),
+    ({'labels': [0, 1]}, "no 'data' entry"),
+    ({'data': np.zeros((2, 3072), np.uint8), 'labels': ['cat', 'dog']}, 'not integers'),
+    ({'data': np.zeros((2, 3072), np.uint8), 'labels': [[0, 1], [1, 0]]}, 'labels have shape'),
+    ([np.zeros((2, 3072), np.uint8), [0, 1]], 'holds a list, expected a dict'),
+]
+
+
+@pytest.mark.parametrize('content,reason', CIFAR_BAD)
+def test_cifar_wrong_content(tmp_path, content, reason):
+    write_cifar10(tmp_path)
+    write_pickle(tmp_path / 'data_batch_4', content)
+    usage_error(lambda: cifar10.load_data(str(tmp_path)), 'data_batch_4', reason)
+
+
+@pytest.mark.parametrize('labels,fragment', [([0, 10], 'label 10 outside [0, 10)'),
+                                             ([-1, 3], 'label -1 outside [0, 10)'),
+                                             ([0, 1, 2], '2 images but 3 labels'),
+                                             ([0], '2 images but 1 labels')])
+def test_cifar10_bad_labels(tmp_path, labels, fragment):
+    write_cifar10(tmp_path)
+    write_pickle(tmp_path / 'test_batch', {'data': cifar_rows(2, 0), 'labels': labels})
+    usage_error(lambda: cifar10.load_data(str(tmp_path)), "file '%s'" % (tmp_path / 'test_batch'),
+                fragment)
+
+
+def test_cifar_no_images(tmp_path):
+    write_cifar10(tmp_path)
+    write_pickle(tmp_path / 'test_batch', {'data': np.zeros((0, 3072), np.uint8), 'labels': []})
+    usage_error(lambda: cifar10.load_data(str(tmp_path)), 'test_batch', 'holds no images')
+
+
+def test_cifar100_label_range_and_key(tmp_path):
+    write_cifar100(tmp_path)
+    write_pickle(tmp_path / 'test', {'data': cifar_rows(2, 0), 'fine_labels': [5, 100]})
+    usage_error(lambda: cifar100.load_data(str(tmp_path)), 'test', 'label 100 outside [0, 100)')
+    write_pickle(tmp_path / 'train', {'data': cifar_rows(2, 0), 'labels': [5, 10]})
+    usage_error(lambda: cifar100.load_data(str(tmp_path)), 'train', "no 'fine_labels' entry")
+
+
+class _Exploit(object):
+    def __reduce__(self):
+        return (os.mkdir, (os.path.join(os.environ['EXPLOIT_DIR'], 'pwned'),))
+
+
+def test_cifar_pickle_cannot_run_code(tmp_path, monkeypatch):
+    monkeypatch.setenv('EXPLOIT_DIR', str(tmp_path))
+    write_cifar10(tmp_path)
+    write_pickle(tmp_path / 'data_batch_1', {'data': _Exploit(), 'labels': [0]})
+    usage_error(lambda: cifar10.load_data(str(tmp_path)), 'data_batch_1', 'mkdir')
+    assert not os.path.exists(str(tmp_path / 'pwned'))
+
+
+# ------------------------------------------------------------- SVHN contents
+
+@pytest.mark.parametrize('variables,reason', [
+    ({'X': np.zeros((28, 28, 3, 2), np.uint8), 'y': np.ones((2, 1), np.uint8)}, 'uint8 28x28x3x2'),
+    ({'X': np.zeros((2, 32, 32, 3), np.uint8), 'y': np.ones((2, 1), np.uint8)}, 'expected uint8 32x32x3xN'),
+    ({'X': np.zeros((32, 32, 3, 2)), 'y': np.ones((2, 1), np.uint8)}, "'X' is float64"),
+    ({'X': np.zeros((32, 32, 3, 2), np.uint8)}, "no variable 'y'"),
+    ({'y': np.ones((2, 1), np.uint8)}, "no variable 'X'"),
+    ({'X': np.zeros((32, 32, 3, 2), np.uint8), 'y': np.array([[1.5], [2.0]])}, 'not integers'),
+    ({'X': np.zeros((32, 32, 3, 2), np.uint8), 'y': np.ones((2, 1), np.uint8)[:1]},
+     '2 images but 1 labels'),
+    ({'X': np.zeros((32, 32, 3, 2), np.uint8), 'y': np.array([[3], [11]], np.uint8)},
+     'label 11 outside [0, 10)'),
+])
+def test_svhn_wrong_content(tmp_path, variables, reason):
+    write_svhn(tmp_path)
+    scipy.io.savemat(str(tmp_path / 'test_32x32.mat'), variables)
+    usage_error(lambda: svhn.load_data(str(tmp_path)), 'test_32x32.mat', reason)
+
+
+def test_svhn_truncated_compressed_mat(tmp_path):
+    write_svhn(tmp_path)
+    x = np.random.RandomState(0).randint(0, 256, (32, 32, 3, 4)).astype(np.uint8)
+    path = str(tmp_path / 'train_32x32.mat')
+    scipy.io.savemat(path, {'X': x, 'y': np.ones((4, 1), np.uint8)}, do_compression=True)
+    _truncate(path)
+    usage_error(lambda: svhn.load_data(str(tmp_path)), 'train_32x32.mat', 'truncated')
+
+
+# ---------------------------------------------------- Fashion-MNIST contents
+
+def _images(n=6, size=(28, 28)):
+    return np.ones((n,) + size, np.uint8)
+
+
+@pytest.mark.parametrize('file_name,raw,reason', [
+    ('train-images-idx3-ubyte.gz', idx_bytes(_images(), magic=0x801), 'magic number 0x00000801'),
+    ('train-labels-idx1-ubyte.gz', idx_bytes(np.zeros(6, np.uint8), magic=0x803),
+     'magic number 0x00000803'),
+    ('train-images-idx3-ubyte.gz', idx_bytes(_images()) + b'\x00', '4705 bytes of data'),
+    ('train-images-idx3-ubyte.gz', idx_bytes(_images())[:-1], '4703 bytes of data'),
+    ('t10k-labels-idx1-ubyte.gz', idx_bytes(np.zeros(4, np.uint8))[:6], 'shorter than the IDX header'),
+    ('train-images-idx3-ubyte.gz', idx_bytes(_images(size=(27, 28))), '27x28, expected 28x28'),
+    ('train-images-idx3-ubyte.gz', struct.pack('>IIII', 0x803, 2 ** 31, 2 ** 31, 28),
+     'the header (2147483648x2147483648x28)'),
+])
+def test_fashion_bad_idx(tmp_path, file_name, raw, reason):
+    write_fashion(tmp_path)
+    write_bytes(tmp_path / file_name, raw)
+    usage_error(lambda: fashion_mnist.load_data(str(tmp_path)), file_name, reason)
+
+
+def test_fashion_count_mismatch_names_both_files(tmp_path):
+    write_fashion(tmp_path)
+    write_bytes(tmp_path / 't10k-labels-idx1-ubyte.gz', idx_bytes(np.zeros(3, np.uint8)))
+    usage_error(lambda: fashion_mnist.load_data(str(tmp_path)), 't10k-images-idx3-ubyte.gz',
+                't10k-labels-idx1-ubyte.gz', '4 images but 3 labels')
+
+
+def test_fashion_label_out_of_range(tmp_path):
+    write_fashion(tmp_path)
+    write_bytes(tmp_path / 'train-labels-idx1-ubyte.gz',
+                idx_bytes(np.array([0, 1, 2, 3, 10, 255], np.uint8)))
+    usage_error(lambda: fashion_mnist.load_data(str(tmp_path)), 'train-labels-idx1-ubyte.gz',
+                'label 10 outside [0, 10) (2 such labels)')
+
+
+def test_fashion_corrupt_deflate_stream(tmp_path):
+    write_fashion(tmp_path)
+    path = tmp_path / 'train-images-idx3-ubyte.gz'
+    raw = bytearray(path.read_bytes())
+    for i in range(20, len(raw) - 8):
+        raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    usage_error(lambda: fashion_mnist.load_data(str(tmp_path)), 'train-images-idx3-ubyte.gz',
+                'truncated or not in the expected format')
+
+
+def test_fashion_plain_file_under_gz_name(tmp_path):
+    write_fashion(tmp_path)
+    (tmp_path / 'train-labels-idx1-ubyte.gz').write_bytes(idx_bytes(np.zeros(6, np.uint8)))
+    usage_error(lambda: fashion_mnist.load_data(str(tmp_path)), 'train-labels-idx1-ubyte.gz',
+                'truncated or not in the expected format')
