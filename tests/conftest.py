@@ -1,0 +1,67 @@
+"""Shared test fixtures: import path, tensor evaluation under both TF generations,
+and tiny datasets written in the official file formats."""
+
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def to_numpy(structure):
+    """Evaluates tensors (nested) to numpy, in a session on TF 1.15, eagerly on TF 2."""
+    from compat import TF1, tf
+    if TF1:
+        with tf.compat.v1.Session() as sess:
+            return sess.run(structure)
+    return tf.nest.map_structure(lambda t: t.numpy(), structure)
+
+
+def take(dataset, n=1):
+    """The first ``n`` elements of a tf.data.Dataset as numpy structures."""
+    from compat import TF1, tf
+    if TF1:
+        nxt = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
+        with tf.compat.v1.Session() as sess:
+            return [sess.run(nxt) for _ in range(n)]
+    it = iter(dataset)
+    return [tf.nest.map_structure(lambda t: t.numpy(), next(it)) for _ in range(n)]
+
+
+def class_images(labels, size=32, channels=3, seed=0):
+    """uint8 images whose stripe direction and colour depend on the class, so that
+    a few training steps can learn something."""
+    rng = np.random.RandomState(seed)
+    n = len(labels)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = np.empty((n, size, size, channels), np.uint8)
+    for i, c in enumerate(labels):
+        freq = 1 + (c % 5)
+        wave = np.sin((xx if c < 5 else yy) * freq * np.pi / size)
+        base = 128 + 100 * wave[..., None] * (0.5 + 0.5 * ((c + np.arange(channels)) % 2))
+        images[i] = np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+    return images
+
+
+def write_cifar10(folder, per_class_per_batch=2, test_per_class=3, seed=0):
+    """Writes data_batch_1..5 and test_batch pickles like the official CIFAR-10 files."""
+    os.makedirs(folder, exist_ok=True)
+    names = ['data_batch_%d' % i for i in range(1, 6)] + ['test_batch']
+    for k, name in enumerate(names):
+        count = test_per_class if name == 'test_batch' else per_class_per_batch
+        labels = np.repeat(np.arange(10), count)
+        images = class_images(labels, seed=seed + k)
+        data = images.transpose(0, 3, 1, 2).reshape(len(labels), 3072)  # channel-major rows
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump({'data': data, 'labels': labels.tolist(), 'batch_label': name}, f, protocol=2)
+    return str(folder)
+
+
+@pytest.fixture
+def tiny_cifar10(tmp_path):
+    """A CIFAR-10 folder with 100 training and 30 test images."""
+    return write_cifar10(str(tmp_path / 'cifar-10-batches-py'))
