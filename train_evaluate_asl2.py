@@ -1,0 +1,301 @@
+"""Train and evaluate SESEMI: supervised learning regularised by a self-supervised
+rotation/flip proxy task (Tran 2019, arXiv:1906.10343).
+
+Example:
+    python train_evaluate_asl2.py --data=cifar10 --dataset=datasets/cifar-10-batches-py \
+        --network=convnet --labels=1000 --mode=asl --result=results/c10_1000
+
+Flags are validated and the data is read before TensorFlow is imported, so bad
+input ends in one line on stderr (exit code 2) with nothing written.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from typing import List, Optional
+
+import numpy as np
+from absl import flags
+
+import dataset
+import networks
+from utils import MODES, UsageError
+
+IMAGES_PER_LABELED_STEP = 6  # the labeled branch takes batch_size × 6 images
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    """Defines the entry's flags on ``fv`` (a fresh FlagValues per run)."""
+    flags.DEFINE_string('data', 'cifar10', 'Dataset name: %s.' % ', '.join(dataset.DATASETS),
+                        flag_values=fv)
+    flags.DEFINE_string('dataset', None, 'Folder holding the dataset files (see dataset/dataset.txt); '
+                        'default: the dataset\'s usual folder.', flag_values=fv)
+    flags.DEFINE_alias('data_path', 'dataset', flag_values=fv)
+    flags.DEFINE_string('network', 'convnet', 'Backbone: %s.' % ', '.join(networks.NETWORKS),
+                        flag_values=fv)
+    flags.DEFINE_integer('labels', 1000, 'Number of labeled training images (a multiple of the '
+                         'class count, or the training set size for all).', flag_values=fv)
+    flags.DEFINE_enum('mode', 'asl', MODES, 'asl: self-supervision on the labeled images only; '
+                      'sesemi: semi-supervised, unlabeled pool = whole training set; '
+                      'supervised: no self-supervised head (baseline).', flag_values=fv)
+    flags.DEFINE_integer('epochs', None, 'Training epochs (passes over the pool); default 300 for '
+                         'asl/supervised, the dataset\'s SESEMI default (50 CIFAR, 30 SVHN) for sesemi.',
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer('batch_size', 16, 'Images per step drawn from the pool; the labeled '
+                         'branch takes 6x as many.', lower_bound=1, flag_values=fv)
+    flags.DEFINE_float('base_lr', 0.05, 'Learning rate at step 0.', lower_bound=0, flag_values=fv)
+    flags.DEFINE_float('lr_decay_power', 0.5, 'Power of the polynomial decay of the learning rate '
+                       'to 0 at the last step.', lower_bound=0, flag_values=fv)
+    flags.DEFINE_string('result', None, 'Output folder; default results/<data>_<network>_<mode>_<labels>.',
+                        flag_values=fv)
+    flags.DEFINE_integer('seed', 0, 'Seed of weights init, batch order and augmentation '
+                         '(the labeled split always uses the reference seed 1).', flag_values=fv)
+    flags.DEFINE_integer('eval_every', 0, 'Evaluate on the test set every N epochs (0: only at the end).',
+                         lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer('max_steps', None, 'Cap on total training steps; the learning-rate schedule '
+                         'spans the capped length.', lower_bound=1, flag_values=fv)
+    flags.DEFINE_float('width', 1.0, 'Channel multiplier of the trunk (1.0 = the paper\'s networks).',
+                       lower_bound=0.01, flag_values=fv)
+    flags.DEFINE_string('gpu_id', None, 'Sets CUDA_VISIBLE_DEVICES (e.g. 0); default: leave as is.',
+                        flag_values=fv)
+    flags.DEFINE_boolean('dry_run', False, 'Validate flags and data, build the model, print the '
+                         'configuration and model summary, and exit without training.', flag_values=fv)
+
+
+def parse_config(argv: List[str]) -> dict:
+    """Parses and resolves the flags into a plain config dict.
+
+    Raises:
+        UsageError: unknown or malformed flags, unknown dataset or network.
+    """
+    fv = flags.FlagValues()
+    define_flags(fv)
+    try:
+        fv(argv)
+    except flags.Error as err:
+        raise UsageError(str(err).splitlines()[0])
+    cfg = {name: fv[name].value for name in fv if name != 'data_path'}
+    info = dataset.get(cfg['data'])
+    networks.check(cfg['network'])
+    cfg['dataset'] = cfg['dataset'] or info.default_dir
+    if cfg['epochs'] is None:
+        cfg['epochs'] = info.sesemi_epochs if cfg['mode'] == 'sesemi' else dataset.ASL_EPOCHS
+    if cfg['result'] is None:
+        cfg['result'] = os.path.join('results', '%s_%s_%s_%d' % (
+            cfg['data'], cfg['network'], cfg['mode'], cfg['labels']))
+    # Dropout settings of the reference: heavier on SVHN for convnet (and wrn's head).
+    svhn = cfg['data'] == 'svhn'
+    cfg['super_dropout'] = 0.5 if svhn and cfg['network'] in ('convnet', 'wrn') else 0.2
+    cfg['in_network_dropout'] = 0.5 if svhn and cfg['network'] == 'convnet' else 0.0
+    cfg['zca'], cfg['hflip'] = info.zca, info.hflip
+    return cfg
+
+
+def prepare_result_folder(path: str) -> None:
+    """Creates the result folder and checks that it is writable."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, '.write_test')
+        with open(probe, 'w') as f:
+            f.write('ok')
+        os.remove(probe)
+    except OSError as err:
+        raise UsageError('cannot write to result folder %s (%s); pass a writable --result'
+                         % (path, err.strerror or err))
+
+
+def write_json(path: str, obj) -> None:
+    """Writes ``obj`` as JSON with sorted keys, atomically (temporary file, then rename)."""
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write('\n')
+    os.replace(tmp, path)
+
+
+def preprocess(x_train: np.ndarray, x_test: np.ndarray, zca: bool):
+    """GCN on both sets, then (if ``zca``) ZCA fitted on the training set."""
+    from utils import global_contrast_normalize, zca_whitener
+    x_train, x_test = global_contrast_normalize(x_train), global_contrast_normalize(x_test)
+    if zca:
+        whiten = zca_whitener(x_train)
+        x_train, x_test = whiten(x_train), whiten(x_test)
+    return x_train, x_test
+
+
+class Training:
+    """One training run: the data, the models and the schedule, built from a config."""
+
+    def __init__(self, cfg: dict, train, test):
+        import utils
+        from compat import keras, set_seed
+        self.cfg = cfg
+        info = dataset.get(cfg['data'])
+        (x_train, y_train), (self.x_test, self.y_test) = train, test
+        self.split = utils.labeled_indices(y_train, cfg['labels'], info.n_classes)
+        self.self_supervised = cfg['mode'] != 'supervised'
+        labeled = np.asarray(self.split, dtype=np.int64)
+        pool_size = len(x_train) if cfg['mode'] == 'sesemi' else len(labeled)
+        self.steps_per_epoch = pool_size // cfg['batch_size']
+        if self.steps_per_epoch == 0:
+            raise UsageError('--batch_size=%d is larger than the %d images of the pool; lower it'
+                             % (cfg['batch_size'], pool_size))
+        self.total_steps = self.steps_per_epoch * cfg['epochs']
+        if cfg['max_steps']:
+            self.total_steps = min(self.total_steps, cfg['max_steps'])
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.images_per_step = cfg['batch_size'] * IMAGES_PER_LABELED_STEP * (
+            2 if self.self_supervised else 1)
+        self.x_train, self.y_train, self.labeled = x_train, y_train, labeled
+        self.info = info
+
+        set_seed(cfg['seed'])
+        trunk = networks.get(cfg['network'])(info.shape, cfg['in_network_dropout'], cfg['width'])
+        self.model, self.inference = utils.build_models(
+            trunk, info.shape, info.n_classes, self.self_supervised, cfg['super_dropout'])
+        self.schedule = utils.lr_schedule(cfg['base_lr'], self.total_steps, cfg['lr_decay_power'])
+        utils.compile_model(self.model, self.schedule, self.self_supervised)
+        self.keras = keras
+
+    def preprocess(self) -> None:
+        self.x_train, self.x_test = preprocess(self.x_train, self.x_test, self.cfg['zca'])
+
+    def dataset(self):
+        import utils
+        cfg = self.cfg
+        pool = {'sesemi': np.arange(len(self.x_train)), 'asl': self.labeled, 'supervised': []}
+        self.sampler = utils.BatchSampler(self.labeled, pool[cfg['mode']],
+                                          cfg['batch_size'] * IMAGES_PER_LABELED_STEP,
+                                          cfg['batch_size'], cfg['seed'])
+        labels = np.eye(self.info.n_classes, dtype=np.float32)[self.y_train]
+        return utils.make_dataset(self.x_train, labels, self.sampler, cfg['seed'], self.info.hflip)
+
+    def evaluate(self) -> dict:
+        import utils
+        return utils.evaluate(self.inference, self.x_test, self.y_test, self.info.hflip,
+                              seed=self.cfg['seed'])
+
+
+def make_logger(run: Training, result: str):
+    """A Keras callback that writes metrics.jsonl, prints one line per epoch,
+    evaluates every ``eval_every`` epochs and stops at ``total_steps``."""
+    from compat import keras, to_float
+    cfg = run.cfg
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.time()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.step() >= run.total_steps:
+                self.model.stop_training = True
+
+        on_batch_end = on_train_batch_end  # TF 1.15 calls this name
+
+        def step(self) -> int:
+            return int(to_float(self.model.optimizer.iterations))
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            seconds = time.time() - self.start
+            step = self.step()
+            steps = step - epoch * run.steps_per_epoch
+            row = {'epoch': epoch + 1, 'step': step,
+                   'lr': to_float(run.schedule(step)),
+                   'loss': float(logs['loss']),
+                   'super_loss': float(logs.get('super_clf_loss', logs.get('categorical_crossentropy'))),
+                   'self_loss': float(logs['self_clf_loss']) if 'self_clf_loss' in logs else None,
+                   'ms_per_step': 1000.0 * seconds / max(1, steps),
+                   'images_per_sec': steps * run.images_per_step / max(seconds, 1e-9)}
+            last = step >= run.total_steps
+            if last or (cfg['eval_every'] and (epoch + 1) % cfg['eval_every'] == 0):
+                row.update(run.evaluate())
+            run.last_row = row
+            with open(os.path.join(result, 'metrics.jsonl'), 'a') as f:
+                f.write(json.dumps(row, sort_keys=True) + '\n')
+            print(format_row(row, run.epochs, run.total_steps), flush=True)
+
+    return EpochLogger()
+
+
+def format_row(row: dict, epochs: int, total_steps: int) -> str:
+    """One human-readable line per epoch."""
+    text = 'epoch %d/%d  step %d/%d  lr %.5f  loss %.4f (super %.4f' % (
+        row['epoch'], epochs, row['step'], total_steps, row['lr'], row['loss'], row['super_loss'])
+    if row['self_loss'] is not None:
+        text += ', self %.4f' % row['self_loss']
+    text += ')  %.1f ms/step  %.0f img/s' % (row['ms_per_step'], row['images_per_sec'])
+    if 'error_dense' in row:
+        text += '  test error dense %.4f single %.4f' % (row['error_dense'], row['error_single'])
+    return text
+
+
+def print_summary(model) -> None:
+    """Keras' model summary, with the parameter totals in one format on both TF generations."""
+    def print_line(line, *args, **kwargs):
+        if not line.lstrip().startswith(('Total params', 'Trainable params', 'Non-trainable params')):
+            print(line)
+
+    model.summary(print_fn=print_line)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    total = model.count_params()
+    print('Total params: {:,}\nTrainable params: {:,}\nNon-trainable params: {:,}'.format(
+        total, trainable, total - trainable))
+
+
+def run(argv: List[str]) -> int:
+    """Runs the entry with ``argv`` (argv[0] is the program name); returns the exit code."""
+    cfg = parse_config(argv)
+    if cfg['gpu_id'] is not None:
+        os.environ['CUDA_VISIBLE_DEVICES'] = cfg['gpu_id']
+    train, test = dataset.load(cfg['data'], cfg['dataset'])
+    if not cfg['dry_run']:
+        prepare_result_folder(cfg['result'])
+    training = Training(cfg, train, test)
+    from compat import tf
+    cfg['tf_version'] = tf.__version__
+    print('Configuration:\n' + json.dumps(cfg, indent=2, sort_keys=True), flush=True)
+    print('Labeled images %d, steps per epoch %d, epochs %d, total steps %d'
+          % (len(training.split), training.steps_per_epoch, training.epochs, training.total_steps))
+    print_summary(training.model)
+    if cfg['dry_run']:
+        return 0
+
+    result = cfg['result']
+    write_json(os.path.join(result, 'args.json'), cfg)
+    write_json(os.path.join(result, 'split.json'), {'labeled_indices': training.split})
+    if os.path.exists(os.path.join(result, 'metrics.jsonl')):
+        os.remove(os.path.join(result, 'metrics.jsonl'))
+    training.preprocess()
+    start = time.time()
+    training.model.fit(training.dataset(), epochs=training.epochs,
+                       steps_per_epoch=training.steps_per_epoch, verbose=0,
+                       callbacks=[make_logger(training, result)])
+    seconds = time.time() - start
+    final = training.last_row
+    tmp = os.path.join(result, 'model.h5.tmp')
+    training.inference.save(tmp, include_optimizer=False)
+    os.replace(tmp, os.path.join(result, 'model.h5'))
+    write_json(os.path.join(result, 'result.json'), {
+        'error_dense': final['error_dense'], 'error_single': final['error_single'],
+        'steps': final['step'], 'wall_seconds': seconds, 'tf_version': tf.__version__,
+        'labels': cfg['labels'], 'mode': cfg['mode'], 'network': cfg['network'],
+        'data': cfg['data']})
+    print('Final test error: dense %.4f, single view %.4f (%d steps, %.0f s). Results in %s'
+          % (final['error_dense'], final['error_single'], final['step'], seconds, result))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry: one line on stderr and exit code 2 for bad input."""
+    try:
+        return run(sys.argv if argv is None else argv)
+    except UsageError as err:
+        print('error: %s' % err, file=sys.stderr)
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())
