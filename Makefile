@@ -1,0 +1,37 @@
+# make setup  - build .venv (Python 3.11, TF 2.x) and .venv-tf1 (Python 3.7, TF 1.15)
+# make test   - run the test suite under both TensorFlow generations
+SHELL := /bin/bash
+PYTHON3 ?= python3.11
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
+PYTHON37 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.7*/bin/python3.7) $(shell command -v python3.7 2>/dev/null))
+PYTEST_ARGS ?= -q
+
+.PHONY: setup test test-tf2 test-tf1 clean
+
+setup: .venv/.done .venv-tf1/.done
+
+.venv/.done: requirements.txt requirements-dev.txt
+	$(PYTHON3) -m venv .venv
+	.venv/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+.venv-tf1/.done: requirements.txt requirements-dev.txt
+	@if [ -z "$(PYTHON37)" ]; then echo "Python 3.7 not found (install it with pyenv: pyenv install 3.7.16)"; exit 1; fi
+	$(PYTHON37) -m venv .venv-tf1
+	.venv-tf1/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+test: test-tf2 test-tf1
+
+test-tf2: .venv/.done
+	.venv/bin/python -m pytest $(PYTEST_ARGS) tests
+
+test-tf1:
+	@if [ -z "$(PYTHON37)" ] && [ "$$CI" != "true" ]; then \
+		echo "SKIPPED: TF 1.15 suite needs Python 3.7 (pyenv install 3.7.16); CI requires it."; \
+	else \
+		$(MAKE) .venv-tf1/.done && .venv-tf1/bin/python -m pytest $(PYTEST_ARGS) tests; \
+	fi
+
+clean:
+	rm -rf .venv .venv-tf1 .pytest_cache
