@@ -32,7 +32,7 @@ ASL_EPOCHS = 300  # epochs of the labeled-only mode (the reference ModelZoo defa
 # numpy and scipy.io; gzip.BadGzipFile (Python 3.8+) is an OSError.
 _FORMAT_ERRORS = (pickle.UnpicklingError, EOFError, KeyError, IndexError, ValueError,
                   TypeError, AttributeError, OverflowError, NotImplementedError,
-                  zlib.error, struct.error)
+                  ImportError, zlib.error, struct.error)
 
 
 # ------------------------------------------------------------- shared helpers

@@ -43,6 +43,8 @@ class _ArrayUnpickler(pickle.Unpickler):
         if (module, name) not in _PICKLE_GLOBALS:
             raise pickle.UnpicklingError('it refers to %s.%s, which a dataset file does not'
                                          % (module, name))
+        if module.startswith('numpy._core') and not hasattr(np, '_core'):
+            module = module.replace('numpy._core', 'numpy.core')  # written by numpy 2, read by 1.x
         return super().find_class(module, name)
 
 

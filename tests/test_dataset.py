@@ -16,6 +16,7 @@ import scipy.io
 import dataset
 from dataset import cifar10, cifar100, fashion_mnist, svhn
 from utils import UsageError
+from conftest import idx_bytes, write_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBIAN_FASHION = '/usr/share/datasets/fashion-mnist'
@@ -76,20 +77,6 @@ def write_svhn(folder, n=5):
         scipy.io.savemat(os.path.join(str(folder), name), {'X': x, 'y': y})
         written[name] = (x, y)
     return written
-
-
-def idx_bytes(array, magic=None):
-    """An IDX file of uint8 values: magic, big-endian dimensions, data."""
-    magic = (0x800 | array.ndim) if magic is None else magic
-    return (struct.pack('>I', magic) + struct.pack('>%dI' % array.ndim, *array.shape)
-            + array.astype(np.uint8).tobytes())
-
-
-def write_bytes(path, raw):
-    """Writes ``raw``, gzip-compressed when the name ends in '.gz'."""
-    opener = gzip.open if str(path).endswith('.gz') else open
-    with opener(str(path), 'wb') as f:
-        f.write(raw)
 
 
 def write_fashion(folder, n_train=6, n_test=4, gz=True):
