@@ -32,9 +32,44 @@ def set_seed(seed: int) -> None:
     if TF1:
         tf.compat.v1.set_random_seed(seed)
     else:
-        tf.random.set_seed(seed)
+        keras.utils.set_random_seed(seed)
 
 
 def to_float(value) -> float:
     """Evaluates a scalar tensor or variable to a Python float (graph or eager)."""
     return float(K.get_value(value) if hasattr(value, 'assign') else K.eval(value))
+
+
+def session_scope():
+    """Context in which TF 1.15 graph-mode calls find Keras' session (no-op on TF 2)."""
+    import contextlib
+    return K.get_session().as_default() if TF1 else contextlib.nullcontext()
+
+
+def create_optimizer_slots(model) -> None:
+    """Creates the optimizer's variables now, so that a checkpoint can fill them
+    before the first training step."""
+    if TF1:
+        model._make_train_function()  # pylint: disable=protected-access
+    else:
+        model.optimizer.build(model.trainable_variables)
+
+
+def restore_checkpoint(checkpoint, path: str) -> None:
+    """Restores a ``tf.train.Checkpoint`` immediately, raising if it does not load."""
+    status = checkpoint.restore(path)
+    status.assert_existing_objects_matched()
+    if TF1:
+        status.run_restore_ops(K.get_session())
+
+
+def make_deterministic() -> None:
+    """One thread per op pool and deterministic kernels, for bit-exact repeat runs."""
+    if TF1:
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1,
+                                          inter_op_parallelism_threads=1)
+        tf.compat.v1.keras.backend.set_session(tf.compat.v1.Session(config=config))
+    else:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.experimental.enable_op_determinism()

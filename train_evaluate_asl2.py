@@ -60,6 +60,19 @@ def define_flags(fv: flags.FlagValues) -> None:
                        lower_bound=0.01, flag_values=fv)
     flags.DEFINE_string('gpu_id', None, 'Sets CUDA_VISIBLE_DEVICES (e.g. 0); default: leave as is.',
                         flag_values=fv)
+    flags.DEFINE_float('super_dropout', None, 'Dropout rate before the supervised head; default '
+                       'the reference\'s (0.5 for convnet/wrn on SVHN, else 0.2).', lower_bound=0,
+                       upper_bound=0.99, flag_values=fv)
+    flags.DEFINE_boolean('deterministic', False, 'Single-threaded, deterministic TensorFlow ops '
+                         '(slower; makes a run repeatable bit for bit on CPU).', flag_values=fv)
+    flags.DEFINE_boolean('resume', False, 'Continue from the newest good checkpoint of --result '
+                         '(refused if the saved args.json defines a different run).', flag_values=fv)
+    flags.DEFINE_string('ckpt_path', None, 'Checkpoint folder (default <result>/checkpoints); giving '
+                        'it also resumes from it, as the ModelZoo scripts expect.', flag_values=fv)
+    flags.DEFINE_integer('ckpt_every_steps', 0, 'Save a checkpoint every N training steps '
+                         '(0: at the end of every epoch).', lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer('keep_checkpoints', 3, 'How many of the newest checkpoints to keep.',
+                         lower_bound=1, flag_values=fv)
     flags.DEFINE_boolean('dry_run', False, 'Validate flags and data, build the model, print the '
                          'configuration and model summary, and exit without training.', flag_values=fv)
 
@@ -87,9 +100,14 @@ def parse_config(argv: List[str]) -> dict:
             cfg['data'], cfg['network'], cfg['mode'], cfg['labels']))
     # Dropout settings of the reference: heavier on SVHN for convnet (and wrn's head).
     svhn = cfg['data'] == 'svhn'
-    cfg['super_dropout'] = 0.5 if svhn and cfg['network'] in ('convnet', 'wrn') else 0.2
+    if cfg['super_dropout'] is None:
+        cfg['super_dropout'] = 0.5 if svhn and cfg['network'] in ('convnet', 'wrn') else 0.2
     cfg['in_network_dropout'] = 0.5 if svhn and cfg['network'] == 'convnet' else 0.0
     cfg['zca'], cfg['hflip'] = info.zca, info.hflip
+    if cfg['ckpt_path']:
+        cfg['resume'] = True
+    else:
+        cfg['ckpt_path'] = os.path.join(cfg['result'], 'checkpoints')
     return cfg
 
 
@@ -104,15 +122,6 @@ def prepare_result_folder(path: str) -> None:
     except OSError as err:
         raise UsageError('cannot write to result folder %s (%s); pass a writable --result'
                          % (path, err.strerror or err))
-
-
-def write_json(path: str, obj) -> None:
-    """Writes ``obj`` as JSON with sorted keys, atomically (temporary file, then rename)."""
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write('\n')
-    os.replace(tmp, path)
 
 
 def preprocess(x_train: np.ndarray, x_test: np.ndarray, zca: bool):
@@ -162,7 +171,8 @@ class Training:
     def preprocess(self) -> None:
         self.x_train, self.x_test = preprocess(self.x_train, self.x_test, self.cfg['zca'])
 
-    def dataset(self):
+    def dataset(self, first_step: int = 0):
+        """The training stream, starting at step ``first_step``."""
         import utils
         cfg = self.cfg
         pool = {'sesemi': np.arange(len(self.x_train)), 'asl': self.labeled, 'supervised': []}
@@ -170,7 +180,21 @@ class Training:
                                           cfg['batch_size'] * IMAGES_PER_LABELED_STEP,
                                           cfg['batch_size'], cfg['seed'])
         labels = np.eye(self.info.n_classes, dtype=np.float32)[self.y_train]
-        return utils.make_dataset(self.x_train, labels, self.sampler, cfg['seed'], self.info.hflip)
+        return utils.make_dataset(self.x_train, labels, self.sampler, cfg['seed'], self.info.hflip,
+                                  first_step)
+
+    def fit_phases(self, step: int):
+        """Keras fit calls that train from ``step`` to ``total_steps``.
+
+        Yields (initial_epoch, epochs, steps_per_epoch, first_step): a run resumed in
+        the middle of an epoch first finishes that epoch, then goes on in whole epochs.
+        """
+        spe = self.steps_per_epoch
+        if step % spe and step < self.total_steps:
+            yield step // spe, step // spe + 1, spe - step % spe, step
+            step += spe - step % spe
+        if step < self.total_steps:
+            yield step // spe, self.epochs, spe, step
 
     def evaluate(self) -> dict:
         import utils
@@ -178,30 +202,61 @@ class Training:
                               seed=self.cfg['seed'])
 
 
-def make_logger(run: Training, result: str):
-    """A Keras callback that writes metrics.jsonl, prints one line per epoch,
-    evaluates every ``eval_every`` epochs and stops at ``total_steps``."""
+def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
+    """The Keras callback that watches every step and closes every epoch.
+
+    Per step: stops at ``total_steps``; stops at once on a non-finite loss (no
+    checkpoint is written, so the last good one stays the newest); saves a
+    checkpoint every ``ckpt_every_steps`` or when a SIGTERM/Ctrl-C arrived.
+    Per epoch: evaluates when due, appends the epoch's row to metrics.jsonl,
+    prints it, then saves a checkpoint.
+    """
+    from checkpoints import fault_point, folder_guard, write_metrics
     from compat import keras, to_float
     cfg = run.cfg
+    metrics_path = os.path.join(cfg['result'], 'metrics.jsonl')
+    check_folder = folder_guard(cfg['result'])
 
     class EpochLogger(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.time()
-
-        def on_train_batch_end(self, batch, logs=None):
-            if self.step() >= run.total_steps:
-                self.model.stop_training = True
-
-        on_batch_end = on_train_batch_end  # TF 1.15 calls this name
+        nan = None  # (step, logs) of the first non-finite loss
+        saved_step = -1
 
         def step(self) -> int:
             return int(to_float(self.model.optimizer.iterations))
 
+        def save(self, step: int) -> None:
+            if step != self.saved_step:
+                check_folder()
+                ckpts.save(step)
+                self.saved_step = step
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start, self.start_step = time.time(), self.step()
+
+        def on_train_batch_end(self, batch, logs=None):
+            step = self.step()
+            fault_point('step', step)
+            losses = {k: float(v) for k, v in (logs or {}).items() if 'loss' in k}
+            if not all(np.isfinite(v) for v in losses.values()):
+                self.nan = (step, losses)
+                self.model.stop_training = True
+            elif interrupt.signal is not None:
+                self.save(step)
+                self.model.stop_training = True
+            elif step >= run.total_steps:
+                self.model.stop_training = True
+            elif cfg['ckpt_every_steps'] and step % cfg['ckpt_every_steps'] == 0:
+                self.save(step)
+
+        on_batch_end = on_train_batch_end  # TF 1.15 calls this name
+
         def on_epoch_end(self, epoch, logs=None):
+            step = self.step()
+            if self.nan or (interrupt.signal is not None and step < run.total_steps):
+                return  # a partial epoch: its row is written when it is finished
             logs = logs or {}
             seconds = time.time() - self.start
-            step = self.step()
-            steps = step - epoch * run.steps_per_epoch
+            steps = step - self.start_step
             row = {'epoch': epoch + 1, 'step': step,
                    'lr': to_float(run.schedule(step)),
                    'loss': float(logs['loss']),
@@ -211,11 +266,14 @@ def make_logger(run: Training, result: str):
                    'images_per_sec': steps * run.images_per_step / max(seconds, 1e-9)}
             last = step >= run.total_steps
             if last or (cfg['eval_every'] and (epoch + 1) % cfg['eval_every'] == 0):
+                fault_point('evaluation', step)
                 row.update(run.evaluate())
-            run.last_row = row
-            with open(os.path.join(result, 'metrics.jsonl'), 'a') as f:
-                f.write(json.dumps(row, sort_keys=True) + '\n')
+            rows.append(row)
+            check_folder()
+            write_metrics(metrics_path, rows)
             print(format_row(row, run.epochs, run.total_steps), flush=True)
+            if not cfg['ckpt_every_steps'] or last:
+                self.save(step)
 
     return EpochLogger()
 
@@ -253,8 +311,12 @@ def run(argv: List[str]) -> int:
     train, test = dataset.load(cfg['data'], cfg['dataset'])
     if not cfg['dry_run']:
         prepare_result_folder(cfg['result'])
+        if cfg['resume']:
+            check_saved_run(cfg)
+    from compat import make_deterministic, tf
+    if cfg['deterministic']:
+        make_deterministic()
     training = Training(cfg, train, test)
-    from compat import tf
     cfg['tf_version'] = tf.__version__
     print('Configuration:\n' + json.dumps(cfg, indent=2, sort_keys=True), flush=True)
     print('Labeled images %d, steps per epoch %d, epochs %d, total steps %d'
@@ -262,29 +324,75 @@ def run(argv: List[str]) -> int:
     print_summary(training.model)
     if cfg['dry_run']:
         return 0
+    return train_and_evaluate(training)
 
-    result = cfg['result']
+
+def check_saved_run(cfg: dict) -> None:
+    """Refuses --resume when the result folder holds a different run."""
+    from checkpoints import check_resumable
+    path = os.path.join(cfg['result'], 'args.json')
+    if os.path.exists(path):
+        with open(path) as f:
+            check_resumable(json.load(f), cfg)
+
+
+def train_and_evaluate(training: Training) -> int:
+    """Trains (resuming if asked), then writes model.h5 and result.json.
+
+    Returns:
+        0 when done; 3 on a non-finite loss; 128 + signal number when stopped by
+        SIGTERM or Ctrl-C after saving a checkpoint.
+    """
+    from checkpoints import Checkpoints, Interrupt, fault_point, read_metrics, write_json, write_metrics
+    from compat import to_float
+    cfg, result = training.cfg, training.cfg['result']
+    ckpts = Checkpoints(cfg['ckpt_path'], training.model, cfg['keep_checkpoints'])
+    step, rows = 0, []
+    if cfg['resume']:
+        restored = ckpts.restore_newest(warn=lambda text: print(text, file=sys.stderr))
+        if restored:
+            step = int(to_float(training.model.optimizer.iterations))
+            rows = [r for r in read_metrics(os.path.join(result, 'metrics.jsonl')) if r['step'] <= step]
+            print('Resuming from %s at step %d' % (restored, step), flush=True)
+        else:
+            print('No usable checkpoint in %s; starting from step 0' % cfg['ckpt_path'], flush=True)
     write_json(os.path.join(result, 'args.json'), cfg)
     write_json(os.path.join(result, 'split.json'), {'labeled_indices': training.split})
-    if os.path.exists(os.path.join(result, 'metrics.jsonl')):
-        os.remove(os.path.join(result, 'metrics.jsonl'))
+    write_metrics(os.path.join(result, 'metrics.jsonl'), rows)
+
     training.preprocess()
     start = time.time()
-    training.model.fit(training.dataset(), epochs=training.epochs,
-                       steps_per_epoch=training.steps_per_epoch, verbose=0,
-                       callbacks=[make_logger(training, result)])
-    seconds = time.time() - start
-    final = training.last_row
-    tmp = os.path.join(result, 'model.h5.tmp')
+    with Interrupt() as interrupt:
+        logger = make_logger(training, rows, ckpts, interrupt)
+        for initial_epoch, epochs, steps_per_epoch, first_step in training.fit_phases(step):
+            training.model.fit(training.dataset(first_step), initial_epoch=initial_epoch,
+                               epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
+                               callbacks=[logger])
+            if logger.nan or interrupt.signal is not None:
+                break
+    if logger.nan:
+        nan_step, losses = logger.nan
+        print('error: non-finite loss at step %d (%s); stopped without saving, the newest good '
+              'checkpoint is in %s; lower --base_lr' % (nan_step, ', '.join(
+                  '%s %.4g' % kv for kv in sorted(losses.items())), cfg['ckpt_path']), file=sys.stderr)
+        return 3
+    if interrupt.signal is not None and logger.step() < training.total_steps:
+        print('Interrupted at step %d; checkpoint saved. Continue with the same flags plus --resume'
+              % logger.step(), file=sys.stderr)
+        return 128 + interrupt.signal
+
+    final = rows[-1]
+    fault_point('model', final['step'])
+    tmp = os.path.join(result, 'model.tmp.h5')  # the .h5 suffix selects the HDF5 format
     training.inference.save(tmp, include_optimizer=False)
     os.replace(tmp, os.path.join(result, 'model.h5'))
     write_json(os.path.join(result, 'result.json'), {
         'error_dense': final['error_dense'], 'error_single': final['error_single'],
-        'steps': final['step'], 'wall_seconds': seconds, 'tf_version': tf.__version__,
-        'labels': cfg['labels'], 'mode': cfg['mode'], 'network': cfg['network'],
-        'data': cfg['data']})
-    print('Final test error: dense %.4f, single view %.4f (%d steps, %.0f s). Results in %s'
-          % (final['error_dense'], final['error_single'], final['step'], seconds, result))
+        'steps': final['step'], 'wall_seconds': time.time() - start,
+        'tf_version': cfg['tf_version'], 'labels': cfg['labels'], 'mode': cfg['mode'],
+        'network': cfg['network'], 'data': cfg['data']})
+    print('Final test error: dense %.4f, single view %.4f (%d steps). Results in %s'
+          % (final['error_dense'], final['error_single'], final['step'], result))
     return 0
 
 
@@ -295,6 +403,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UsageError as err:
         print('error: %s' % err, file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, result folder removed mid-run, ...
+        print('error: %s: %s; files written before are intact'
+              % (err.strerror or type(err).__name__, err.filename or ''), file=sys.stderr)
+        return 1
 
 
 if __name__ == '__main__':

@@ -1,8 +1,10 @@
 """Shared test fixtures: import path, tensor evaluation under both TF generations,
 and tiny datasets written in the official file formats."""
 
+import gzip
 import os
 import pickle
+import struct
 import sys
 
 import numpy as np
@@ -59,6 +61,37 @@ def write_cifar10(folder, per_class_per_batch=2, test_per_class=3, seed=0):
         with open(os.path.join(folder, name), 'wb') as f:
             pickle.dump({'data': data, 'labels': labels.tolist(), 'batch_label': name}, f, protocol=2)
     return str(folder)
+
+
+def idx_bytes(array, magic=None):
+    """An IDX file of uint8 values: magic, big-endian dimensions, data."""
+    magic = (0x800 | array.ndim) if magic is None else magic
+    return (struct.pack('>I', magic) + struct.pack('>%dI' % array.ndim, *array.shape)
+            + array.astype(np.uint8).tobytes())
+
+
+def write_bytes(path, raw):
+    """Writes ``raw``, gzip-compressed when the name ends in '.gz'."""
+    opener = gzip.open if str(path).endswith('.gz') else open
+    with opener(str(path), 'wb') as f:
+        f.write(raw)
+
+
+def write_fashion_mnist(folder, per_class_train=4, per_class_test=3, seed=0):
+    """Writes the four Fashion-MNIST IDX .gz files with learnable class images."""
+    os.makedirs(folder, exist_ok=True)
+    for prefix, count in (('train', per_class_train), ('t10k', per_class_test)):
+        labels = np.tile(np.arange(10), count)
+        images = class_images(labels, size=28, channels=1, seed=seed)[..., 0]
+        write_bytes(os.path.join(folder, prefix + '-images-idx3-ubyte.gz'), idx_bytes(images))
+        write_bytes(os.path.join(folder, prefix + '-labels-idx1-ubyte.gz'), idx_bytes(labels))
+    return str(folder)
+
+
+@pytest.fixture
+def tiny_fashion(tmp_path):
+    """A Fashion-MNIST folder with 40 training and 30 test images (no ZCA: quick to start)."""
+    return write_fashion_mnist(str(tmp_path / 'fashion'))
 
 
 @pytest.fixture

@@ -1,0 +1,192 @@
+"""Checkpoints, exact resume and protection of the result folder.
+
+A checkpoint holds the trained model's weights and the optimizer (momentum slots
+and the iteration counter, from which the learning-rate schedule, the epoch and
+the input pipeline's position all follow: batches and augmentation are pure
+functions of the step, see ``utils.BatchSampler``). TensorFlow's
+``CheckpointManager`` writes them under ``<result>/checkpoints`` and records the
+newest in its state file only once a checkpoint is complete, so a kill at any
+moment leaves the previous checkpoint usable.
+"""
+
+import errno
+import json
+import os
+import signal
+import sys
+from typing import Dict, List, Optional
+
+from utils import UsageError
+
+# Flags whose change makes a saved run a different run.
+RUN_DEFINING = ('data', 'network', 'labels', 'mode', 'batch_size', 'epochs', 'seed', 'width',
+                'base_lr', 'lr_decay_power', 'max_steps', 'super_dropout')
+
+# Fault injection for the crash tests: SESEMI_FAULT=<point>:<step> kills the
+# process with SIGKILL when it reaches <point> at training step <step>.
+FAULT_ENV = 'SESEMI_FAULT'
+
+
+def fault_point(point: str, step: int) -> None:
+    """Dies like a preempted job would, if the crash tests asked for it here."""
+    if os.environ.get(FAULT_ENV) == '%s:%d' % (point, step):
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename, so that
+    readers see either the old or the new content, never a partial file."""
+    tmp = '%s.tmp%d' % (path, os.getpid())
+    try:
+        with open(tmp, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str, obj) -> None:
+    """Writes ``obj`` as indented JSON with sorted keys, atomically."""
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
+
+
+def folder_guard(path: str):
+    """A check that raises OSError once ``path`` was removed or replaced.
+
+    TensorFlow re-creates missing folders when it saves a checkpoint, so a
+    removed result folder would otherwise come back half-empty.
+    """
+    identity = os.stat(path).st_ino
+
+    def check() -> None:
+        try:
+            same = os.stat(path).st_ino == identity
+        except OSError:
+            same = False
+        if not same:
+            raise OSError(errno.ENOENT, 'the result folder was removed during the run', path)
+
+    return check
+
+
+def read_metrics(path: str) -> List[dict]:
+    """The rows of a metrics.jsonl file (an incomplete last line is dropped)."""
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    break
+    return rows
+
+
+def write_metrics(path: str, rows: List[dict]) -> None:
+    write_atomic(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+
+
+def check_resumable(saved: dict, cfg: dict) -> None:
+    """Refuses to resume a run whose defining flags changed.
+
+    Raises:
+        UsageError: listing every flag whose saved value differs.
+    """
+    diffs = ['--%s=%s (saved: %s)' % (k, cfg.get(k), saved.get(k))
+             for k in RUN_DEFINING if saved.get(k) != cfg.get(k)]
+    if diffs:
+        raise UsageError('cannot resume: the saved run differs in %s; use the saved values or a '
+                         'new --result' % ', '.join(diffs))
+
+
+class Checkpoints:
+    """Saves and restores a Keras model and its optimizer with ``CheckpointManager``.
+
+    Args:
+        folder: where the checkpoints live.
+        model: the model being trained (compiled, with its optimizer).
+        keep: how many of the newest checkpoints to keep.
+    """
+
+    def __init__(self, folder: str, model, keep: int):
+        from compat import tf
+        self.folder = folder
+        self.model = model
+        self.step = 0
+
+        outer = self
+
+        class Checkpoint(tf.train.Checkpoint):
+            """Lets the crash tests kill the process after a checkpoint's files are
+            written and before the manager records it (TF 2 calls ``_write``, TF 1.15
+            ``write``)."""
+
+            def _write(self, *args, **kwargs):
+                path = super()._write(*args, **kwargs)
+                fault_point('checkpoint', outer.step)
+                return path
+
+            def write(self, *args, **kwargs):
+                path = super().write(*args, **kwargs)
+                fault_point('checkpoint', outer.step)
+                return path
+
+        self.checkpoint = Checkpoint(model=model, optimizer=model.optimizer)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, folder, max_to_keep=keep,
+                                                  checkpoint_name='ckpt')
+
+    def save(self, step: int) -> str:
+        """Writes checkpoint ``ckpt-<step>`` and makes it the newest."""
+        from compat import session_scope, tf
+        self.step = step
+        try:
+            with session_scope():
+                return self.manager.save(checkpoint_number=step)
+        except tf.errors.OpError as err:  # e.g. disk full or folder removed: report as I/O
+            raise OSError(0, 'cannot write checkpoint (%s)' % err.message.splitlines()[0],
+                          self.folder)
+
+    def restore_newest(self, warn=print) -> Optional[str]:
+        """Restores the newest checkpoint that loads, skipping broken ones.
+
+        Returns:
+            The path restored, or None when there is no usable checkpoint.
+        """
+        from compat import create_optimizer_slots, restore_checkpoint
+        create_optimizer_slots(self.model)
+        for path in reversed(self.manager.checkpoints):
+            try:
+                restore_checkpoint(self.checkpoint, path)
+                return path
+            except Exception as err:  # a truncated or missing file shows up in several types
+                warn('warning: skipping checkpoint %s, it does not load (%s)'
+                     % (path, str(err).splitlines()[0] if str(err) else type(err).__name__))
+        return None
+
+
+class Interrupt:
+    """Turns SIGTERM and Ctrl-C into a request to checkpoint and stop after the
+    current step; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signal = None  # type: Optional[int]
+        self._previous = {}  # type: Dict[int, object]
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
