@@ -73,3 +73,25 @@ def make_deterministic() -> None:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         tf.config.experimental.enable_op_determinism()
+
+
+class ScalarWriter:
+    """Writes scalar summaries (TensorBoard event files) to ``logdir``."""
+
+    def __init__(self, logdir: str):
+        if TF1:
+            self._writer = tf.compat.v1.summary.FileWriter(logdir)
+        else:
+            self._writer = tf.summary.create_file_writer(logdir)
+
+    def write(self, step: int, scalars: dict) -> None:
+        """Records every (tag, value) of ``scalars`` at ``step``."""
+        if TF1:
+            values = [tf.compat.v1.Summary.Value(tag=tag, simple_value=float(value))
+                      for tag, value in scalars.items()]
+            self._writer.add_summary(tf.compat.v1.Summary(value=values), step)
+        else:
+            with self._writer.as_default():
+                for tag, value in scalars.items():
+                    tf.summary.scalar(tag, float(value), step=step)
+        self._writer.flush()

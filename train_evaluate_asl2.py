@@ -212,10 +212,14 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
     prints it, then saves a checkpoint.
     """
     from checkpoints import fault_point, folder_guard, write_metrics
-    from compat import keras, to_float
+    from compat import ScalarWriter, keras, to_float
     cfg = run.cfg
     metrics_path = os.path.join(cfg['result'], 'metrics.jsonl')
+    log_path = os.path.join(cfg['result'], 'train.log')
     check_folder = folder_guard(cfg['result'])
+    tensorboard = ScalarWriter(os.path.join(cfg['result'], 'tensorboard'))
+    # A progress bar with the run's ETA, only where someone watches a terminal.
+    progress = keras.utils.Progbar(run.total_steps) if sys.stdout.isatty() else None
 
     class EpochLogger(keras.callbacks.Callback):
         nan = None  # (step, logs) of the first non-finite loss
@@ -237,6 +241,8 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
             step = self.step()
             fault_point('step', step)
             losses = {k: float(v) for k, v in (logs or {}).items() if 'loss' in k}
+            if progress:
+                progress.update(step, [(k, v) for k, v in sorted(losses.items())])
             if not all(np.isfinite(v) for v in losses.values()):
                 self.nan = (step, losses)
                 self.model.stop_training = True
@@ -271,7 +277,13 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
             rows.append(row)
             check_folder()
             write_metrics(metrics_path, rows)
-            print(format_row(row, run.epochs, run.total_steps), flush=True)
+            line = format_row(row, run.epochs, run.total_steps)
+            print(('\n' if progress else '') + line, flush=True)
+            with open(log_path, 'a') as f:
+                f.write(line + '\n')
+            tensorboard.write(step, {('test/' if k.startswith('error') else 'train/') + k: v
+                                     for k, v in row.items()
+                                     if v is not None and k not in ('epoch', 'step')})
             if not cfg['ckpt_every_steps'] or last:
                 self.save(step)
 

@@ -29,7 +29,11 @@ def test_training_leaves_every_result_file(tiny_cifar10, tmp_path, mode):
                     '--result=' + result, '--eval_every=1'] + TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(os.listdir(result)) >= {'args.json', 'split.json', 'metrics.jsonl', 'result.json',
-                                        'model.h5'}
+                                        'model.h5', 'train.log', 'tensorboard', 'checkpoints'}
+    assert any(n.startswith('events.out.tfevents') for n in os.listdir(os.path.join(result, 'tensorboard')))
+    with open(os.path.join(result, 'train.log')) as f:
+        log = f.read()
+    assert log.count('\n') == 1 and 'epoch 1/1' in log
     with open(os.path.join(result, 'args.json')) as f:
         text = f.read()
     args = json.loads(text)
