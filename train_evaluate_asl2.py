@@ -1,4 +1,4 @@
-"""Train and evaluate SESEMI: supervised learning regularised by a self-supervised
+r"""Train and evaluate SESEMI: supervised learning regularised by a self-supervised
 rotation/flip proxy task (Tran 2019, arXiv:1906.10343).
 
 Example:
@@ -19,7 +19,9 @@ from typing import List, Optional
 import numpy as np
 from absl import flags
 
+import cli
 import dataset
+import device
 import networks
 from utils import MODES, UsageError
 
@@ -75,6 +77,7 @@ def define_flags(fv: flags.FlagValues) -> None:
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_boolean('dry_run', False, 'Validate flags and data, build the model, print the '
                          'configuration and model summary, and exit without training.', flag_values=fv)
+    device.define_flags(fv)
 
 
 def parse_config(argv: List[str]) -> dict:
@@ -83,12 +86,10 @@ def parse_config(argv: List[str]) -> dict:
     Raises:
         UsageError: unknown or malformed flags, unknown dataset or network.
     """
-    fv = flags.FlagValues()
-    define_flags(fv)
-    try:
-        fv(argv)
-    except flags.Error as err:
-        raise UsageError(str(err).splitlines()[0])
+    fv, positional = cli.parse_flags(define_flags, argv)
+    if positional:
+        raise UsageError('unexpected argument %s; all inputs are flags (see --help)'
+                         % positional[0])
     cfg = {name: fv[name].value for name in fv if name != 'data_path'}
     info = dataset.get(cfg['data'])
     networks.check(cfg['network'])
@@ -108,6 +109,7 @@ def parse_config(argv: List[str]) -> dict:
         cfg['resume'] = True
     else:
         cfg['ckpt_path'] = os.path.join(cfg['result'], 'checkpoints')
+    device.check_flags(cfg)
     return cfg
 
 
@@ -125,13 +127,18 @@ def prepare_result_folder(path: str) -> None:
 
 
 def preprocess(x_train: np.ndarray, x_test: np.ndarray, zca: bool):
-    """GCN on both sets, then (if ``zca``) ZCA fitted on the training set."""
+    """GCN on both sets, then (if ``zca``) ZCA fitted on the training set.
+
+    Returns:
+        (x_train, x_test, the fitted ``utils.ZCA`` or None), the ZCA for the model file.
+    """
     from utils import global_contrast_normalize, zca_whitener
     x_train, x_test = global_contrast_normalize(x_train), global_contrast_normalize(x_test)
+    whiten = None
     if zca:
         whiten = zca_whitener(x_train)
         x_train, x_test = whiten(x_train), whiten(x_test)
-    return x_train, x_test
+    return x_train, x_test, whiten
 
 
 class Training:
@@ -165,11 +172,12 @@ class Training:
         self.model, self.inference = utils.build_models(
             trunk, info.shape, info.n_classes, self.self_supervised, cfg['super_dropout'])
         self.schedule = utils.lr_schedule(cfg['base_lr'], self.total_steps, cfg['lr_decay_power'])
-        utils.compile_model(self.model, self.schedule, self.self_supervised)
+        utils.compile_model(self.model, self.schedule, self.self_supervised,
+                            device.optimizer_wrapper(cfg))
         self.keras = keras
 
     def preprocess(self) -> None:
-        self.x_train, self.x_test = preprocess(self.x_train, self.x_test, self.cfg['zca'])
+        self.x_train, self.x_test, self.zca = preprocess(self.x_train, self.x_test, self.cfg['zca'])
 
     def dataset(self, first_step: int = 0):
         """The training stream, starting at step ``first_step``."""
@@ -325,9 +333,12 @@ def run(argv: List[str]) -> int:
         prepare_result_folder(cfg['result'])
         if cfg['resume']:
             check_saved_run(cfg)
+        else:
+            check_no_earlier_run(cfg)
     from compat import make_deterministic, tf
     if cfg['deterministic']:
         make_deterministic()
+    cfg.update(device.configure(cfg))
     training = Training(cfg, train, test)
     cfg['tf_version'] = tf.__version__
     print('Configuration:\n' + json.dumps(cfg, indent=2, sort_keys=True), flush=True)
@@ -335,6 +346,7 @@ def run(argv: List[str]) -> int:
           % (len(training.split), training.steps_per_epoch, training.epochs, training.total_steps))
     print_summary(training.model)
     if cfg['dry_run']:
+        print(device.describe(cfg))
         return 0
     return train_and_evaluate(training)
 
@@ -346,6 +358,19 @@ def check_saved_run(cfg: dict) -> None:
     if os.path.exists(path):
         with open(path) as f:
             check_resumable(json.load(f), cfg)
+
+
+def check_no_earlier_run(cfg: dict) -> None:
+    """Refuses to start afresh where an earlier run left checkpoints or metrics,
+    which a new run would overwrite or mix with its own."""
+    from checkpoints import read_metrics
+    earlier = read_metrics(os.path.join(cfg['result'], 'metrics.jsonl'))
+    has_checkpoints = os.path.exists(os.path.join(cfg['ckpt_path'], 'checkpoint'))
+    if earlier or has_checkpoints:
+        raise UsageError('result folder %s holds an earlier run (%s); pass --resume to continue '
+                         'it, or another --result (or remove the folder) to start over'
+                         % (cfg['result'], 'step %d' % earlier[-1]['step'] if earlier
+                            else 'checkpoints in %s' % cfg['ckpt_path']))
 
 
 def train_and_evaluate(training: Training) -> int:
@@ -376,10 +401,11 @@ def train_and_evaluate(training: Training) -> int:
     start = time.time()
     with Interrupt() as interrupt:
         logger = make_logger(training, rows, ckpts, interrupt)
+        device_callbacks = device.callbacks(cfg)
         for initial_epoch, epochs, steps_per_epoch, first_step in training.fit_phases(step):
             training.model.fit(training.dataset(first_step), initial_epoch=initial_epoch,
                                epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
-                               callbacks=[logger])
+                               callbacks=[logger] + device_callbacks)
             if logger.nan or interrupt.signal is not None:
                 break
     if logger.nan:
@@ -395,9 +421,9 @@ def train_and_evaluate(training: Training) -> int:
 
     final = rows[-1]
     fault_point('model', final['step'])
-    tmp = os.path.join(result, 'model.tmp.h5')  # the .h5 suffix selects the HDF5 format
-    training.inference.save(tmp, include_optimizer=False)
-    os.replace(tmp, os.path.join(result, 'model.h5'))
+    import model_io
+    model_io.save_model(os.path.join(result, 'model.h5'), training.inference,
+                        model_io.Preprocessing.for_dataset(cfg['data'], training.zca, cfg['seed']))
     write_json(os.path.join(result, 'result.json'), {
         'error_dense': final['error_dense'], 'error_single': final['error_single'],
         'steps': final['step'], 'wall_seconds': time.time() - start,
@@ -410,15 +436,7 @@ def train_and_evaluate(training: Training) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Command-line entry: one line on stderr and exit code 2 for bad input."""
-    try:
-        return run(sys.argv if argv is None else argv)
-    except UsageError as err:
-        print('error: %s' % err, file=sys.stderr)
-        return 2
-    except OSError as err:  # disk full, result folder removed mid-run, ...
-        print('error: %s: %s; files written before are intact'
-              % (err.strerror or type(err).__name__, err.filename or ''), file=sys.stderr)
-        return 1
+    return cli.main(run, argv, io_note='files written before are intact')
 
 
 if __name__ == '__main__':

@@ -9,7 +9,7 @@ them. The numpy versions are the specification; the TensorFlow versions below
 them do the same thing to whole batches inside the input pipeline.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -401,8 +401,9 @@ def build_models(trunk, input_shape: Tuple[int, int, int], n_classes: int,
     """
     from compat import keras
     layers = keras.layers
+    # float32 heads: under a mixed-precision policy the softmax and the loss stay in float32.
     head = dict(activation='softmax', kernel_initializer='glorot_uniform', use_bias=True,
-                kernel_regularizer=keras.regularizers.l2(WEIGHT_DECAY))
+                kernel_regularizer=keras.regularizers.l2(WEIGHT_DECAY), dtype='float32')
 
     super_in = layers.Input(shape=input_shape, name='super_data')
     x = layers.GlobalAveragePooling2D(name='super_gap')(trunk(super_in))
@@ -420,10 +421,18 @@ def build_models(trunk, input_shape: Tuple[int, int, int], n_classes: int,
     return train, inference
 
 
-def compile_model(model, schedule, self_supervised: bool) -> None:
+def compile_model(model, schedule, self_supervised: bool,
+                  wrap_optimizer: Optional[Callable] = None) -> None:
     """SGD with Nesterov momentum 0.9 on the joint loss.
 
     Keras adds the layers' L2 penalties to the total loss itself.
+
+    Args:
+        model: the two-headed (or, supervised, single-headed) model.
+        schedule: the learning rate as a function of the step.
+        self_supervised: whether the model has the self-supervised head.
+        wrap_optimizer: optional function applied to the SGD optimizer, e.g. the
+            device's loss scaling for mixed precision (see ``device.optimizer_wrapper``).
     """
     from compat import keras
     # Supervised cross-entropy on the labeled branch, weight 1.
@@ -437,6 +446,8 @@ def compile_model(model, schedule, self_supervised: bool) -> None:
     # cross-entropy term alone, as 'super_clf_loss' does for the two-headed model.
     metrics = None if self_supervised else ['categorical_crossentropy']
     optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
+    if wrap_optimizer is not None:
+        optimizer = wrap_optimizer(optimizer)
     model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, metrics=metrics)
 
 

@@ -129,3 +129,16 @@ def test_cli_bad_input_is_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count('\n') == 0 and 'Traceback' not in proc.stderr
     assert proc.stderr.startswith('error: ')
+
+
+def test_help_lists_the_flags_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as stop:
+        entry.main(['train_evaluate_asl2.py', '--help'])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ('--data:', '--labels:', '--mode:', '--precision_mode:', '--[no]resume:'):
+        assert flag in out
+
+
+def test_positional_argument_is_refused(capsys, tiny_cifar10):
+    expect_usage_error(capsys, ['--dataset=' + tiny_cifar10, '--dry_run', 'cifar10'], 'cifar10')
