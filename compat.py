@@ -95,3 +95,45 @@ class ScalarWriter:
                 for tag, value in scalars.items():
                     tf.summary.scalar(tag, float(value), step=step)
         self._writer.flush()
+
+
+def export_serving(model, transform, input_shape, folder: str) -> dict:
+    """Writes ``model(transform(images))`` for serving into the new folder ``folder``.
+
+    TF 2.x: a SavedModel whose ``serving_default`` signature maps ``images`` to
+    ``probabilities``. TF 1.15: ``model.pb``, a frozen GraphDef (variables folded
+    into constants, inference mode), the form Ascend's ATC converter reads.
+
+    Args:
+        model: the Keras inference model.
+        transform: builds the preprocessing ops on the images tensor.
+        input_shape: H×W×C of one image.
+        folder: created here; must not exist.
+
+    Returns:
+        What a user of the export needs: format, file, input and output names.
+    """
+    os.makedirs(folder)
+    shape = [None] + [int(d) for d in input_shape]
+    if TF1:
+        sess = K.get_session()
+        with sess.graph.as_default():
+            images = tf.compat.v1.placeholder(tf.float32, shape, name='images')
+            probs = tf.identity(model(transform(images), training=False), name='probabilities')
+        graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
+            sess, sess.graph.as_graph_def(), [probs.op.name])
+        with open(os.path.join(folder, 'model.pb'), 'wb') as f:
+            f.write(graph_def.SerializeToString())
+        return {'format': 'frozen_graph', 'file': 'model.pb',
+                'inputs': {'images': images.name}, 'outputs': {'probabilities': probs.name}}
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name='images')])
+    def serve(images):
+        return {'probabilities': model(transform(images), training=False)}
+
+    module = tf.Module()
+    # Tracking the variables alone (not the Keras model) keeps the export small and quick.
+    module.weights, module.serve = list(model.variables), serve
+    tf.saved_model.save(module, folder, signatures={'serving_default': serve})
+    return {'format': 'saved_model', 'file': '.', 'signature': 'serving_default',
+            'inputs': {'images': 'images'}, 'outputs': {'probabilities': 'probabilities'}}
