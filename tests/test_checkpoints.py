@@ -136,6 +136,12 @@ def test_resume_with_different_flags_is_refused(tiny_fashion, tmp_path):
     proc = run(tiny_fashion, result, '--max_steps=3', '--resume', '--seed=5', '--width=0.125')
     assert proc.returncode == 2 and proc.stderr.count('\n') == 1
     assert '--seed=5 (saved: 0)' in proc.stderr and '--width=0.125 (saved: 0.0625)' in proc.stderr
+    # Starting afresh over the finished run would overwrite it: refused too, files untouched.
+    before = {name: os.path.getmtime(os.path.join(result, name)) for name in os.listdir(result)}
+    proc = run(tiny_fashion, result, '--max_steps=3')
+    assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr[-2000:]
+    assert 'holds an earlier run (step 3)' in proc.stderr and '--resume' in proc.stderr
+    assert {name: os.path.getmtime(os.path.join(result, name)) for name in os.listdir(result)} == before
 
 
 def test_corrupt_newest_checkpoint_is_skipped(tiny_fashion, tmp_path):
