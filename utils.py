@@ -233,10 +233,26 @@ def random_shift(images, seed, flip_seed=None, samples=None):
     return shift_images(images, d[0], d[1], flip, samples)
 
 
+def standard_normal(shape, seed):
+    """N(0, 1) samples of ``shape`` (a shape tensor), keyed by ``seed``.
+
+    Box–Muller on stateless uniforms: z = √(−2 ln u₁)·(cos 2πu₂, sin 2πu₂) gives
+    two independent standard normals per pair (u₁, u₂). On CPU this takes half
+    the time of ``tf.random.stateless_normal``, the costliest op of the pipeline.
+    """
+    tf = _tf()
+    size = tf.reduce_prod(shape)
+    u = tf.random.stateless_uniform(tf.stack([2, (size + 1) // 2]), seed,
+                                    minval=np.finfo(np.float32).tiny, maxval=1.0)
+    radius, angle = tf.sqrt(-2.0 * tf.math.log(u[0])), (2 * np.pi) * u[1]
+    z = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], 0)
+    return tf.reshape(z[:size], shape)
+
+
 def add_noise(images, seed, stddev: float = NOISE_STDDEV):
     """Adds N(0, stddev²) noise to every pixel."""
     tf = _tf()
-    return images + stddev * tf.random.stateless_normal(tf.shape(images), seed)
+    return images + stddev * standard_normal(tf.shape(images), seed)
 
 
 def _proxy_index(size: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -334,6 +350,9 @@ def augment_batch(images, labels, labeled, pool, step, seed: int, hflip: bool):
     return inputs, targets
 
 
+STEPS_PER_CHUNK = 32  # steps whose indices the sampler hands to tf.data at once
+
+
 def make_dataset(images: np.ndarray, labels: np.ndarray, sampler: BatchSampler, seed: int,
                  hflip: bool, first_step: int = 0):
     """The training input pipeline: an endless tf.data stream of augmented steps.
@@ -355,15 +374,18 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, sampler: BatchSampler, 
     self_supervised = sampler.batches[1] > 0
     images, labels = tf.constant(images), tf.constant(labels)
 
-    def steps():
-        step = first_step
+    def chunks():  # STEPS_PER_CHUNK steps per call keeps Python off the per-step path
+        start = first_step
         while True:
-            yield sampler.batch(step) + (step,)
-            step += 1
+            steps = range(start, start + STEPS_PER_CHUNK)
+            labeled, pool = zip(*(sampler.batch(step) for step in steps))
+            yield np.stack(labeled), np.stack(pool), np.asarray(steps, np.int64)
+            start += STEPS_PER_CHUNK
 
     dataset = tf.data.Dataset.from_generator(
-        steps, (tf.int64, tf.int64, tf.int64),
-        (tf.TensorShape([None]), tf.TensorShape([None]), tf.TensorShape([])))
+        chunks, (tf.int64, tf.int64, tf.int64),
+        (tf.TensorShape([None, None]), tf.TensorShape([None, None]), tf.TensorShape([None])))
+    dataset = dataset.flat_map(lambda *chunk: tf.data.Dataset.from_tensor_slices(chunk))
     dataset = dataset.map(
         lambda labeled, pool, step: augment_batch(
             images, labels, labeled, pool if self_supervised else None, step, seed, hflip),

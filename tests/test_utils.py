@@ -129,6 +129,22 @@ def test_random_augmentations_are_seeded_and_in_range():
     assert abs(np.std(noisy - imgs) - 0.15) < 0.01
 
 
+def test_noise_is_standard_normal_and_seeded():
+    from compat import tf
+    from scipy import stats
+    seed = tf.constant([3, 9], tf.int64)
+    z, again, other = to_numpy([utils.standard_normal(tf.constant([7, 101, 3]), seed),
+                                utils.standard_normal(tf.constant([7, 101, 3]), seed),
+                                utils.standard_normal(tf.constant([7, 101, 3]), seed + 1)])
+    assert z.shape == (7, 101, 3) and np.isfinite(z).all()
+    np.testing.assert_array_equal(z, again)
+    assert not np.allclose(z, other)
+    assert stats.kstest(z.ravel(), 'norm').pvalue > 0.01
+    # The two halves of Box-Muller are independent of each other.
+    flat = z.ravel()
+    assert abs(np.corrcoef(flat[:1060], flat[1060:2120])[0, 1]) < 0.1
+
+
 def test_lr_schedule_start_middle_end():
     from compat import to_float
     schedule = utils.lr_schedule(0.05, 1000, 0.5)
