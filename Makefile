@@ -1,12 +1,14 @@
-# make setup  - build .venv (Python 3.11, TF 2.x) and .venv-tf1 (Python 3.7, TF 1.15)
+# make demo   - set up .venv and Fashion-MNIST, train SESEMI and the supervised baseline, compare
 # make test   - run the test suite under both TensorFlow generations
+# make setup  - build .venv (Python 3.11, TF 2.x) and .venv-tf1 (Python 3.7, TF 1.15)
 SHELL := /bin/bash
 PYTHON3 ?= python3.11
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYTHON37 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.7*/bin/python3.7) $(shell command -v python3.7 2>/dev/null))
 PYTEST_ARGS ?= -q
 
-.PHONY: setup test test-tf2 test-tf1 clean
+.PHONY: setup test test-tf2 test-tf1 demo fashion-mnist clean
+FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 setup: .venv/.done .venv-tf1/.done
 
@@ -31,6 +33,21 @@ test-tf1:
 		echo "SKIPPED: TF 1.15 suite needs Python 3.7 (pyenv install 3.7.16); CI requires it."; \
 	else \
 		$(MAKE) .venv-tf1/.done && .venv-tf1/bin/python -m pytest $(PYTEST_ARGS) tests; \
+	fi
+
+demo: .venv/.done fashion-mnist
+	.venv/bin/python demo.py $(DEMO_ARGS)
+
+# Debian ships Fashion-MNIST as a package; elsewhere demo.py says which files to put where.
+fashion-mnist:
+	@if [ ! -f $(FASHION_DIR)/t10k-labels-idx1-ubyte.gz ]; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing Debian's dataset-fashion-mnist ..."; \
+			apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null || true; \
+		else \
+			echo "Fashion-MNIST is not in $(FASHION_DIR) and apt-get is not usable here;"; \
+			echo "run: sudo apt-get install dataset-fashion-mnist, or pass DEMO_ARGS=--dataset=FOLDER"; \
+		fi; \
 	fi
 
 clean:
