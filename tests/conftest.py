@@ -98,3 +98,14 @@ def tiny_fashion(tmp_path):
 def tiny_cifar10(tmp_path):
     """A CIFAR-10 folder with 100 training and 30 test images."""
     return write_cifar10(str(tmp_path / 'cifar-10-batches-py'))
+
+
+def expect_usage_error(capsys, argv, *words):
+    """Runs the training entry with ``argv``; checks exit code 2 and one error line
+    on stderr holding every one of ``words``."""
+    import train_evaluate_asl2 as entry
+    assert entry.main(['train_evaluate_asl2.py'] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('error: '), err
+    for word in words:
+        assert word in err, err

@@ -98,15 +98,21 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_fashion, tmp_path
     assert metrics(whole)[-1]['error_dense'] == metrics(resumed)[-1]['error_dense']
 
 
-def test_sigterm_saves_and_says_how_to_resume(tiny_fashion, tmp_path):
-    result = str(tmp_path / 'run')
+def start_after_first_epoch(data, result):
+    """Starts a long run in the background; returns once its first epoch is logged."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    proc = subprocess.Popen(command(tiny_fashion, result, '--epochs=30'), env=env,
+    proc = subprocess.Popen(command(data, result, '--epochs=30'), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     path = os.path.join(result, 'metrics.jsonl')
     deadline = time.time() + 300
     while time.time() < deadline and not (os.path.exists(path) and os.path.getsize(path)):
         time.sleep(0.2)
+    return proc
+
+
+def test_sigterm_saves_and_says_how_to_resume(tiny_fashion, tmp_path):
+    result = str(tmp_path / 'run')
+    proc = start_after_first_epoch(tiny_fashion, result)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
@@ -162,13 +168,7 @@ def test_corrupt_newest_checkpoint_is_skipped(tiny_fashion, tmp_path):
 def test_result_folder_removed_mid_run(tiny_fashion, tmp_path):
     import shutil
     result = str(tmp_path / 'run')
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    proc = subprocess.Popen(command(tiny_fashion, result, '--epochs=30'), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    path = os.path.join(result, 'metrics.jsonl')
-    deadline = time.time() + 300
-    while time.time() < deadline and not (os.path.exists(path) and os.path.getsize(path)):
-        time.sleep(0.2)
+    proc = start_after_first_epoch(tiny_fashion, result)
     shutil.rmtree(result)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err[-2000:]

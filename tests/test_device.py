@@ -14,7 +14,7 @@ import pytest
 
 import device
 import train_evaluate_asl2 as entry
-from conftest import ROOT, write_fashion_mnist
+from conftest import ROOT, expect_usage_error, write_fashion_mnist
 from utils import UsageError
 
 # 40 training images, 20 labeled: 10 steps per epoch (asl), 4 steps in all.
@@ -118,14 +118,6 @@ def test_enabled_aid_gets_its_folder(tmp_path):
                                         (' 2 | 2 ', [2]), ('7-7', [7])])
 def test_parse_dump_steps(text, steps):
     assert device.parse_dump_steps(text) == steps
-
-
-def expect_usage_error(capsys, argv, *words):
-    assert entry.main(['train_evaluate_asl2.py'] + argv) == 2
-    err = capsys.readouterr().err
-    assert err.count('\n') == 1 and err.startswith('error: '), err
-    for word in words:
-        assert word in err, err
 
 
 @pytest.mark.parametrize('argv,words', [

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import train_evaluate_asl2 as entry
-from conftest import ROOT, write_cifar10
+from conftest import ROOT, expect_usage_error, write_cifar10
 
 TINY = ['--network=convnet', '--width=0.0625', '--labels=20', '--batch_size=2', '--epochs=2',
         '--max_steps=6']
@@ -66,14 +66,6 @@ def test_dry_run_prints_parameter_count_and_writes_nothing(tiny_cifar10, tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'Total params: 3,128,720' in proc.stdout
     assert not os.path.exists(result)
-
-
-def expect_usage_error(capsys, argv, *words):
-    assert entry.main(['train_evaluate_asl2.py'] + argv) == 2
-    err = capsys.readouterr().err
-    assert err.count('\n') == 1 and err.startswith('error: '), err
-    for word in words:
-        assert word in err, err
 
 
 @pytest.mark.parametrize('argv,words', [
