@@ -23,7 +23,10 @@ setup: .venv/.done .venv-tf1/.done
 	.venv-tf1/bin/pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $@
 
-test: test-tf2 test-tf1
+# The two suites run side by side (each prints when it is done): most of their time is
+# single-threaded start-up of the many short training runs they make.
+test:
+	$(MAKE) -j2 --output-sync=target test-tf2 test-tf1
 
 test-tf2: .venv/.done
 	.venv/bin/python -m pytest $(PYTEST_ARGS) tests

@@ -206,8 +206,10 @@ def test_export_takes_raw_images_and_matches_keras(run, tmp_path):
     assert os.listdir(str(tmp_path)) == ['export']  # no temporary or old folder left
     model, prep = model_io.load_model(run.model)
     images = run.x_test[:8]
+    # The graph's ZCA sums 3072 float32 products in another order than numpy does.
     np.testing.assert_allclose(serve(images), model.predict(prep.apply(images), verbose=0),
-                               rtol=1e-5, atol=1e-5)
+                               rtol=1e-3, atol=1e-4)
+    assert (serve(images).argmax(1) == model.predict(prep.apply(images), verbose=0).argmax(1)).all()
 
 
 # ---------------------------------------------------------------- bad input
