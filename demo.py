@@ -28,13 +28,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--dataset', default=FASHION_DIR,
                         help='folder holding the four Fashion-MNIST .gz files (default %(default)s)')
-    parser.add_argument('--labels', type=int, default=100, help='labeled training images (default %(default)s)')
+    parser.add_argument('--labels', type=int, default=500, help='labeled training images (default %(default)s)')
     parser.add_argument('--mode', default='asl', choices=('asl', 'sesemi'),
                         help='self-supervised mode compared with the baseline (default %(default)s)')
     parser.add_argument('--width', type=float, default=0.125,
                         help='ConvNet channel multiplier (default %(default)s)')
-    parser.add_argument('--steps', type=int, default=300, help='training steps of each run (default %(default)s)')
-    parser.add_argument('--evaluations', type=int, default=5,
+    parser.add_argument('--steps', type=int, default=240, help='training steps of each run (default %(default)s)')
+    parser.add_argument('--evaluations', type=int, default=4,
                         help='dense test evaluations along each run, for the curves (default %(default)s)')
     parser.add_argument('--seed', type=int, default=0, help='seed of both runs (default %(default)s)')
     parser.add_argument('--result', default=os.path.join('results', 'demo'),
