@@ -7,10 +7,13 @@ PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYTHON37 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.7*/bin/python3.7) $(shell command -v python3.7 2>/dev/null))
 PYTEST_ARGS ?= -q
 
-.PHONY: setup test test-tf2 test-tf1 demo fashion-mnist clean
+.PHONY: setup test test-tf2 test-tf1 demo fashion-mnist tcmalloc clean
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-setup: .venv/.done .venv-tf1/.done
+# Recipes that start TensorFlow run it with tcmalloc preloaded when it is installed.
+WITH_MALLOC := source test/malloc.sh &&
+
+setup: .venv/.done .venv-tf1/.done tcmalloc
 
 .venv/.done: requirements.txt requirements-dev.txt
 	$(PYTHON3) -m venv .venv
@@ -25,21 +28,21 @@ setup: .venv/.done .venv-tf1/.done
 
 # The two suites run side by side (each prints when it is done): most of their time is
 # single-threaded start-up of the many short training runs they make.
-test:
+test: tcmalloc
 	$(MAKE) -j2 --output-sync=target test-tf2 test-tf1
 
-test-tf2: .venv/.done
-	.venv/bin/python -m pytest $(PYTEST_ARGS) tests
+test-tf2: .venv/.done tcmalloc
+	$(WITH_MALLOC) .venv/bin/python -m pytest $(PYTEST_ARGS) tests
 
 test-tf1:
 	@if [ -z "$(PYTHON37)" ] && [ "$$CI" != "true" ]; then \
 		echo "SKIPPED: TF 1.15 suite needs Python 3.7 (pyenv install 3.7.16); CI requires it."; \
 	else \
-		$(MAKE) .venv-tf1/.done && .venv-tf1/bin/python -m pytest $(PYTEST_ARGS) tests; \
+		$(MAKE) .venv-tf1/.done tcmalloc && $(WITH_MALLOC) .venv-tf1/bin/python -m pytest $(PYTEST_ARGS) tests; \
 	fi
 
-demo: .venv/.done fashion-mnist
-	.venv/bin/python demo.py $(DEMO_ARGS)
+demo: .venv/.done fashion-mnist tcmalloc
+	$(WITH_MALLOC) .venv/bin/python demo.py $(DEMO_ARGS)
 
 # Debian ships Fashion-MNIST as a package; elsewhere demo.py says which files to put where.
 fashion-mnist:
@@ -50,6 +53,18 @@ fashion-mnist:
 		else \
 			echo "Fashion-MNIST is not in $(FASHION_DIR) and apt-get is not usable here;"; \
 			echo "run: sudo apt-get install dataset-fashion-mnist, or pass DEMO_ARGS=--dataset=FOLDER"; \
+		fi; \
+	fi
+
+# tcmalloc halves TensorFlow's CPU step times here (see test/malloc.sh); optional.
+tcmalloc:
+	@if ! ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4 >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing Debian's libtcmalloc-minimal4 ..."; \
+			(apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) || \
+				echo "libtcmalloc-minimal4 could not be installed; TensorFlow runs slower with glibc's malloc"; \
+		else \
+			echo "Note: TensorFlow runs faster here with tcmalloc (sudo apt-get install libtcmalloc-minimal4)"; \
 		fi; \
 	fi
 

@@ -5,6 +5,8 @@ into 6 proxy views each). Prints images/s of both and, as the last line, their
 ratio.
 
     .venv/bin/python bench/pipeline.py [--steps 300] [--batch_size 16]
+
+(`source test/malloc.sh` first runs it with tcmalloc, as make and the launch scripts do.)
 """
 
 import argparse
@@ -68,7 +70,9 @@ def main():
     x = rng.rand(args.images, 32, 32, 3).astype(np.float32)
     y = np.eye(10, dtype=np.float32)[rng.randint(0, 10, args.images)]
     per_step = args.batch_size * 6 * 2
-    print('TensorFlow %s, %d CPU cores, %d images per step' % (tf.__version__, os.cpu_count(), per_step))
+    malloc = 'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc malloc'
+    print('TensorFlow %s, %d CPU cores, %s, %d images per step'
+          % (tf.__version__, os.cpu_count(), malloc, per_step))
     ref = images_per_second(reference_steps(x, y, args.batch_size), args.reference_steps, per_step, 3)
     print('reference per-image pipeline: %.0f images/s (%.1f ms/step)' % (ref, 1000 * per_step / ref))
     our = images_per_second(ours(x, y, args.batch_size), args.steps, per_step)

@@ -226,6 +226,7 @@ sesemi_main() {
     export RANK_SIZE=1
     OUTPUT_ROOT="${OUTPUT_ROOT:-$TEST_DIR/output}"
     PYTHON="$(sesemi_pick_python)"
+    . "$TEST_DIR/malloc.sh"
     for ((RANK_ID = 0; RANK_ID < RANK_SIZE; RANK_ID++)); do
         export RANK_ID
         sesemi_train_rank
