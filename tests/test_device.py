@@ -399,3 +399,9 @@ def test_npu_dry_run_prints_the_config_without_adapter(runs):
                      "dump_config.dump_debug_mode = 'all'"):
             assert text in proc.stdout
     assert not os.path.exists(result)
+
+
+def test_freed_memory_is_kept_on_glibc():
+    import platform
+    import compat
+    assert compat.keep_freed_memory() == (platform.libc_ver()[0] == 'glibc')

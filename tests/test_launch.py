@@ -5,6 +5,7 @@ gets and writes small result files, so that flag handling, the case log and fail
 checked in well under a second each. A few run the real training on tiny data end to end.
 """
 
+import glob
 import json
 import math
 import os
@@ -408,3 +409,19 @@ def test_only_help_modelarts_imports_moxing():
                     if re.search(r'^\s*(import|from)\s+moxing\b', f.read(), re.M):
                         importers.append(os.path.relpath(os.path.join(folder, name), ROOT))
     assert importers == ['help_modelarts.py']
+
+
+def test_malloc_script_preloads_tcmalloc_once_and_keeps_other_preloads():
+    installed = sorted(glob.glob('/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4')
+                       + glob.glob('/usr/lib64/libtcmalloc_minimal.so.4'))
+    script = os.path.join(TEST_DIR, 'malloc.sh')
+    env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
+    show = 'source %s; source %s; printf %%s "${LD_PRELOAD:-}"' % ((shlex.quote(script),) * 2)
+    alone = subprocess.run(['bash', '-c', show], env=env, stdout=subprocess.PIPE,
+                           universal_newlines=True, check=True).stdout
+    assert alone == (installed[0] if installed else '')
+    # Another library preloaded before stays; sourcing twice adds tcmalloc once.
+    env['LD_PRELOAD'] = 'libother.so'
+    both = subprocess.run(['bash', '-c', show], env=env, stdout=subprocess.PIPE,
+                          universal_newlines=True, check=True).stdout
+    assert both == (installed[0] + ':libother.so' if installed else 'libother.so')
