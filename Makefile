@@ -58,7 +58,7 @@ fashion-mnist:
 
 # tcmalloc halves TensorFlow's CPU step times here (see test/malloc.sh); optional.
 tcmalloc:
-	@if [ -z "$$(ls /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4 2>/dev/null)" ]; then \
+	@source test/malloc.sh; if [ -z "$$tcmalloc_lib" ]; then \
 		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 			echo "Installing Debian's libtcmalloc-minimal4 ..."; \
 			(apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null) || \
