@@ -20,7 +20,8 @@ from utils import UsageError
 
 # Flags whose change makes a saved run a different run.
 RUN_DEFINING = ('data', 'network', 'labels', 'mode', 'batch_size', 'epochs', 'seed', 'width',
-                'base_lr', 'lr_decay_power', 'max_steps', 'super_dropout')
+                'base_lr', 'lr_decay_power', 'max_steps', 'super_dropout',
+                'precision')  # the precision in effect: float32, mixed_bfloat16, an NPU mode
 
 # Fault injection for the crash tests: SESEMI_FAULT=<point>:<step> kills the
 # process with SIGKILL when it reaches <point> at training step <step>.
@@ -91,13 +92,18 @@ def write_metrics(path: str, rows: List[dict]) -> None:
 
 
 def check_resumable(saved: dict, cfg: dict) -> None:
-    """Refuses to resume a run whose defining flags changed.
+    """Refuses to resume a run whose defining flags changed. Keys that ``cfg``
+    does not hold yet (the precision, before the device is configured) are left
+    for a later call.
 
     Raises:
         UsageError: listing every flag whose saved value differs.
     """
-    diffs = ['--%s=%s (saved: %s)' % (k, cfg.get(k), saved.get(k))
-             for k in RUN_DEFINING if saved.get(k) != cfg.get(k)]
+    def name(key: str) -> str:  # 'precision' is resolved from --precision_mode and the device
+        return 'precision %s' % cfg[key] if key == 'precision' else '--%s=%s' % (key, cfg[key])
+
+    diffs = ['%s (saved: %s)' % (name(k), saved.get(k))
+             for k in RUN_DEFINING if k in cfg and saved.get(k) != cfg[k]]
     if diffs:
         raise UsageError('cannot resume: the saved run differs in %s; use the saved values or a '
                          'new --result' % ', '.join(diffs))

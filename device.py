@@ -192,6 +192,18 @@ def resolve_precision(device: str, precision_mode: str, tf1: bool) -> str:
     return 'float32' if tf1 else 'mixed_bfloat16'
 
 
+def bfloat16_is_native() -> bool:
+    """Whether oneDNN computes bfloat16 with this CPU's own instructions (AVX-512
+    BF16, AMX, or their ARM counterparts), as TensorFlow itself decides it; False
+    where TensorFlow cannot tell (it then emulates bfloat16 slowly)."""
+    from compat import tf
+    try:
+        from tensorflow.python.util import _pywrap_utils
+        return bool(_pywrap_utils.IsDataTypeSupportedByOneDNNOnThisCPU(tf.bfloat16.as_datatype_enum))
+    except (ImportError, AttributeError):
+        return False
+
+
 def _select_device(cfg: dict) -> Tuple[str, Optional[object]]:
     """Resolves --device; returns (device, adapter module or None)."""
     from compat import tf
@@ -240,6 +252,10 @@ def configure(cfg: dict) -> Dict[str, str]:
         config.graph_options.rewrite_options.auto_mixed_precision = _rewriter().ON
         _set_tf1_session(config, cfg['deterministic'])
     elif precision != 'float32':
+        if precision == 'mixed_bfloat16' and not bfloat16_is_native():
+            print('warning: this CPU has no bfloat16 instructions that oneDNN uses, so mixed_bfloat16 '
+                  'is emulated and can be many times slower than float32; leave --precision_mode '
+                  'empty for float32', file=sys.stderr)
         keras.mixed_precision.set_global_policy(precision)
     elif cfg['precision_mode'] in MIXED_MODES:
         print('warning: --precision_mode=%s trains in float32 here: TensorFlow 1.15 has mixed '

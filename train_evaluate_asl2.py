@@ -22,6 +22,7 @@ from absl import flags
 import cli
 import dataset
 import device
+import execution
 import networks
 from utils import MODES, UsageError
 
@@ -75,9 +76,13 @@ def define_flags(fv: flags.FlagValues) -> None:
                          '(0: at the end of every epoch).', lower_bound=0, flag_values=fv)
     flags.DEFINE_integer('keep_checkpoints', 3, 'How many of the newest checkpoints to keep.',
                          lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer('log_every_seconds', 60, 'When stdout is not a terminal (nohup, ModelArts, '
+                         'CI), print a progress line at least this often (0: only the line per '
+                         'epoch).', lower_bound=0, flag_values=fv)
     flags.DEFINE_boolean('dry_run', False, 'Validate flags and data, build the model, print the '
                          'configuration and model summary, and exit without training.', flag_values=fv)
     device.define_flags(fv)
+    execution.define_flags(fv)
 
 
 def parse_config(argv: List[str]) -> dict:
@@ -110,6 +115,7 @@ def parse_config(argv: List[str]) -> dict:
     else:
         cfg['ckpt_path'] = os.path.join(cfg['result'], 'checkpoints')
     device.check_flags(cfg)
+    execution.check_flags(cfg)
     return cfg
 
 
@@ -173,7 +179,9 @@ class Training:
             trunk, info.shape, info.n_classes, self.self_supervised, cfg['super_dropout'])
         self.schedule = utils.lr_schedule(cfg['base_lr'], self.total_steps, cfg['lr_decay_power'])
         utils.compile_model(self.model, self.schedule, self.self_supervised,
-                            device.optimizer_wrapper(cfg))
+                            device.optimizer_wrapper(cfg), **execution.compile_options(cfg))
+        if cfg['xla'] == 'on':
+            self.inference.jit_compile = True  # the dense evaluation's predict calls
         self.keras = keras
 
     def preprocess(self) -> None:
@@ -195,14 +203,21 @@ class Training:
         """Keras fit calls that train from ``step`` to ``total_steps``.
 
         Yields (initial_epoch, epochs, steps_per_epoch, first_step): a run resumed in
-        the middle of an epoch first finishes that epoch, then goes on in whole epochs.
+        the middle of an epoch first finishes that epoch, then goes on in whole
+        epochs; a last epoch cut short by --max_steps is a call of its own, so that
+        no execution of several steps runs past the end.
         """
-        spe = self.steps_per_epoch
-        if step % spe and step < self.total_steps:
-            yield step // spe, step // spe + 1, spe - step % spe, step
-            step += spe - step % spe
-        if step < self.total_steps:
-            yield step // spe, self.epochs, spe, step
+        spe, end = self.steps_per_epoch, self.total_steps
+        if step % spe and step < end:
+            steps = min(spe - step % spe, end - step)
+            yield step // spe, step // spe + 1, steps, step
+            step += steps
+        whole = end - end % spe
+        if step < whole:
+            yield step // spe, whole // spe, spe, step
+            step = whole
+        if step < end:
+            yield step // spe, step // spe + 1, end - step, step
 
     def evaluate(self) -> dict:
         import utils
@@ -210,14 +225,49 @@ class Training:
                               seed=self.cfg['seed'])
 
 
-def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
-    """The Keras callback that watches every step and closes every epoch.
+class ProgressLines:
+    """Progress for logs that nobody watches live (nohup, ModelArts, CI): a line with
+    the step, losses, images/s and ETA at least every ``seconds`` (0: never)."""
 
-    Per step: stops at ``total_steps``; stops at once on a non-finite loss (no
-    checkpoint is written, so the last good one stays the newest); saves a
-    checkpoint every ``ckpt_every_steps`` or when a SIGTERM/Ctrl-C arrived.
+    def __init__(self, total_steps: int, images_per_step: int, seconds: float):
+        self.total, self.images_per_step, self.seconds = total_steps, images_per_step, seconds
+        self.start = self.last = None  # (time, step) of the first and the last report
+
+    def begin(self, step: int) -> None:
+        """Marks the start of training (once; later calls are ignored)."""
+        if self.start is None:
+            self.start = self.last = (time.time(), step)
+
+    def update(self, step: int, losses: dict) -> None:
+        now = time.time()
+        if self.start is None or not self.seconds or now - self.last[0] < self.seconds:
+            return
+        rate = (step - self.start[1]) / max(now - self.start[0], 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float('nan')
+        print('step %d/%d  %s  %.0f img/s  ETA %s' % (
+            step, self.total, '  '.join('%s %.4f' % kv for kv in sorted(losses.items())),
+            rate * self.images_per_step, format_seconds(eta)), flush=True)
+        self.last = (now, step)
+
+
+def format_seconds(seconds: float) -> str:
+    """h:mm:ss, or '?' when unknown."""
+    if not math.isfinite(seconds):
+        return '?'
+    seconds = int(round(seconds))
+    return '%d:%02d:%02d' % (seconds // 3600, seconds // 60 % 60, seconds % 60)
+
+
+def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
+    """The Keras callback that watches the steps and closes every epoch.
+
+    After each execution (``steps_per_execution`` steps; one on TF 1.15): stops
+    at ``total_steps``; stops at once on a non-finite loss (no checkpoint is
+    written, so the last good one stays the newest); saves a checkpoint every
+    ``ckpt_every_steps`` or when a SIGTERM/Ctrl-C arrived; shows progress.
     Per epoch: evaluates when due, appends the epoch's row to metrics.jsonl,
-    prints it, then saves a checkpoint.
+    prints it, then saves a checkpoint. The step count is read from the
+    optimizer once per epoch and followed from Keras' batch index in between.
     """
     from checkpoints import fault_point, folder_guard, write_metrics
     from compat import ScalarWriter, keras, to_float
@@ -226,15 +276,21 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
     log_path = os.path.join(cfg['result'], 'train.log')
     check_folder = folder_guard(cfg['result'])
     tensorboard = ScalarWriter(os.path.join(cfg['result'], 'tensorboard'))
-    # A progress bar with the run's ETA, only where someone watches a terminal.
-    progress = keras.utils.Progbar(run.total_steps) if sys.stdout.isatty() else None
+    # A progress bar with the run's ETA where someone watches a terminal, else lines.
+    if sys.stdout.isatty():
+        progress = keras.utils.Progbar(run.total_steps)
+        lines = None
+    else:
+        progress = None
+        lines = ProgressLines(run.total_steps, run.images_per_step, cfg['log_every_seconds'])
 
     class EpochLogger(keras.callbacks.Callback):
         nan = None  # (step, logs) of the first non-finite loss
         saved_step = -1
+        current = 0  # the step count after the last execution
 
         def step(self) -> int:
-            return int(to_float(self.model.optimizer.iterations))
+            return self.current
 
         def save(self, step: int) -> None:
             if step != self.saved_step:
@@ -243,14 +299,22 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
                 self.saved_step = step
 
         def on_epoch_begin(self, epoch, logs=None):
-            self.start, self.start_step = time.time(), self.step()
+            self.current = int(to_float(self.model.optimizer.iterations))
+            self.start, self.start_step = time.time(), self.current
+            if lines:
+                lines.begin(self.current)
 
         def on_train_batch_end(self, batch, logs=None):
-            step = self.step()
-            fault_point('step', step)
+            # ``batch`` is the index, in this epoch, of the execution's last step.
+            previous, step = self.current, self.start_step + batch + 1
+            self.current = step
+            for passed in range(previous + 1, step + 1):
+                fault_point('step', passed)
             losses = {k: float(v) for k, v in (logs or {}).items() if 'loss' in k}
             if progress:
                 progress.update(step, [(k, v) for k, v in sorted(losses.items())])
+            elif lines:
+                lines.update(step, losses)
             if not all(np.isfinite(v) for v in losses.values()):
                 self.nan = (step, losses)
                 self.model.stop_training = True
@@ -332,13 +396,16 @@ def run(argv: List[str]) -> int:
     if not cfg['dry_run']:
         prepare_result_folder(cfg['result'])
         if cfg['resume']:
-            check_saved_run(cfg)
+            check_saved_run(cfg)  # the flags, before TensorFlow loads
         else:
             check_no_earlier_run(cfg)
     from compat import make_deterministic, tf
     if cfg['deterministic']:
         make_deterministic()
     cfg.update(device.configure(cfg))
+    cfg.update(execution.configure(cfg, cfg['device']))
+    if cfg['resume'] and not cfg['dry_run']:
+        check_saved_run(cfg)  # again with what configure resolved: the precision in effect
     training = Training(cfg, train, test)
     cfg['tf_version'] = tf.__version__
     print('Configuration:\n' + json.dumps(cfg, indent=2, sort_keys=True), flush=True)
@@ -428,7 +495,8 @@ def train_and_evaluate(training: Training) -> int:
         'error_dense': final['error_dense'], 'error_single': final['error_single'],
         'steps': final['step'], 'wall_seconds': time.time() - start,
         'tf_version': cfg['tf_version'], 'labels': cfg['labels'], 'mode': cfg['mode'],
-        'network': cfg['network'], 'data': cfg['data']})
+        'network': cfg['network'], 'data': cfg['data'], 'precision': cfg['precision'],
+        'xla': cfg['xla'], 'steps_per_execution': cfg['steps_per_execution']})
     print('Final test error: dense %.4f, single view %.4f (%d steps). Results in %s'
           % (final['error_dense'], final['error_single'], final['step'], result))
     return 0

@@ -444,7 +444,7 @@ def build_models(trunk, input_shape: Tuple[int, int, int], n_classes: int,
 
 
 def compile_model(model, schedule, self_supervised: bool,
-                  wrap_optimizer: Optional[Callable] = None) -> None:
+                  wrap_optimizer: Optional[Callable] = None, **options) -> None:
     """SGD with Nesterov momentum 0.9 on the joint loss.
 
     Keras adds the layers' L2 penalties to the total loss itself.
@@ -455,6 +455,8 @@ def compile_model(model, schedule, self_supervised: bool,
         self_supervised: whether the model has the self-supervised head.
         wrap_optimizer: optional function applied to the SGD optimizer, e.g. the
             device's loss scaling for mixed precision (see ``device.optimizer_wrapper``).
+        **options: further ``compile`` arguments, e.g. ``jit_compile`` and
+            ``steps_per_execution`` on TF 2 (see ``device.compile_options``).
     """
     from compat import keras
     # Supervised cross-entropy on the labeled branch, weight 1.
@@ -470,7 +472,7 @@ def compile_model(model, schedule, self_supervised: bool,
     optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
     if wrap_optimizer is not None:
         optimizer = wrap_optimizer(optimizer)
-    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, metrics=metrics)
+    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, metrics=metrics, **options)
 
 
 # ---------------------------------------------------------------- evaluation

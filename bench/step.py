@@ -1,77 +1,242 @@
-"""Training-step time of SESEMI's ConvNet-13 (width 1.0) on this machine, in
-float32 and, under TF 2.x, in mixed_bfloat16 (what --precision_mode=
-allow_mix_precision selects on CPU), at the default batch of 16 pool images:
-96 labeled images plus 96 proxy views per step. Prints the median ms/step of
-each and, as the last line, their ratio (TF 1.15: why there is none).
+"""Training-step time through the entry's own ``model.fit``, callbacks included,
+for this checkout and for an earlier commit in the same invocation.
 
-    .venv/bin/python bench/step.py [--steps 5] [--warmup 2]
+Each case is one child process that runs ``train_evaluate_asl2.run`` on a
+synthetic CIFAR-10 folder in asl mode (batch 16: 96 labeled images plus 96 proxy
+views per step) and reads the ms/step of the epochs after the first (the first
+one traces and compiles) from metrics.jsonl. Its input is either the real
+pipeline or one fixed batch (``Dataset.from_tensors(batch).repeat()``), to show
+whether the pipeline holds the step back. The earlier commit runs from a
+``git worktree``, with its own defaults. The last line is the new/old float32
+step-time ratio of ConvNet-13 at width 1.0.
+
+    source test/malloc.sh
+    .venv/bin/python bench/step.py [--old REV] [--quick] [--networks convnet,nin,wrn]
+
+Run it on an idle machine: the cases are timed one after another, so load from
+elsewhere shows up as noise in the ratios.
 """
 
 import argparse
+import json
 import os
+import pickle
+import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import device  # noqa: E402
-import networks  # noqa: E402
-import utils  # noqa: E402
-from compat import TF1, K, tf  # noqa: E402
-
-SHAPE, CLASSES = (32, 32, 3), 10
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEFORE_SPEED_WORK = '42c2b7b'  # the last commit before the training-step work
 
 
-def device_config(precision_mode: str) -> dict:
-    """The entry's configuration keys that device.configure reads, on CPU."""
-    return {'device': 'cpu', 'precision_mode': precision_mode, 'over_dump': False,
-            'dry_run': False, 'deterministic': False}
+# ------------------------------------------------------------------ child
+
+def fixed_batch_dataset(dataset):
+    """A stream that repeats the first element of ``dataset`` (in-memory copy)."""
+    from compat import TF1, K, tf
+    if TF1:
+        element = K.get_session().run(tf.compat.v1.data.make_one_shot_iterator(dataset).get_next())
+    else:
+        element = tf.nest.map_structure(lambda t: t.numpy(), next(iter(dataset)))
+    return tf.data.Dataset.from_tensors(element).repeat()
 
 
-def ms_per_step(precision_mode: str, batch_size: int, steps: int, warmup: int):
-    """Builds and compiles the model as the entry does, then times train steps on
-    one fixed random batch. Returns (precision in effect, median ms/step)."""
-    K.clear_session()
-    precision = device.configure(device_config(precision_mode))['precision']
-    trunk = networks.get('convnet')(SHAPE, 0.0, 1.0)
-    model, _ = utils.build_models(trunk, SHAPE, CLASSES, True, 0.2)
-    utils.compile_model(model, utils.lr_schedule(0.05, 1000, 0.5), True)
+def child(args) -> None:
+    """Runs one case in this process with the code of ``args.tree`` and prints
+    its figures as one JSON line."""
+    sys.path.insert(0, args.tree)
+    os.chdir(args.tree)
+    import train_evaluate_asl2 as entry
+    if args.feed == 'fixed':
+        real = entry.Training.dataset
+        entry.Training.dataset = lambda self, first_step=0: fixed_batch_dataset(real(self, first_step))
+    result = os.path.join(args.work, 'run')
+    argv = ['step.py', '--data=cifar10', '--dataset=' + args.data, '--mode=asl',
+            '--network=' + args.network, '--width=%g' % args.width, '--labels=%d' % args.labels,
+            '--batch_size=16', '--epochs=1000', '--max_steps=%d' % args.max_steps,
+            '--result=' + result, '--precision_mode=' + args.precision_mode] + args.extra
+    start = time.time()
+    code = entry.run(argv)
+    with open(os.path.join(result, 'metrics.jsonl')) as f:
+        rows = [json.loads(line) for line in f]
+    with open(os.path.join(result, 'args.json')) as f:
+        saved = json.load(f)
+    timed = [r['ms_per_step'] for r in rows[1:]]
+    print('RESULT ' + json.dumps({
+        'code': code, 'ms_per_step': statistics.median(timed), 'epochs_timed': len(timed),
+        'first_epoch_ms': rows[0]['ms_per_step'], 'precision': saved.get('precision'),
+        'xla': saved.get('xla'), 'steps_per_execution': saved.get('steps_per_execution'),
+        'tf': saved.get('tf_version'), 'wall_s': time.time() - start}), flush=True)
+
+
+# ------------------------------------------------------------------ parent
+
+def write_cifar10(folder: str, per_class: int) -> None:
+    """Random CIFAR-10 pickles (``per_class`` training images of each class)."""
+    os.makedirs(folder, exist_ok=True)
     rng = np.random.RandomState(0)
-    n = batch_size * 6  # labeled images; the pool's batch_size images give 6 views each
-    inputs = {'self_data': rng.randn(n, *SHAPE).astype(np.float32),
-              'super_data': rng.randn(n, *SHAPE).astype(np.float32)}
-    targets = {'self_clf': np.eye(6, dtype=np.float32)[rng.randint(0, 6, n)],
-               'super_clf': np.eye(CLASSES, dtype=np.float32)[rng.randint(0, CLASSES, n)]}
-    times = []
-    for step in range(warmup + steps):
-        start = time.perf_counter()
-        model.train_on_batch(inputs, targets)
-        if step >= warmup:
-            times.append(1000 * (time.perf_counter() - start))
-    return precision, statistics.median(times)
+    for name, count in [('data_batch_%d' % i, per_class // 5) for i in range(1, 6)] + [('test_batch', 10)]:
+        labels = np.repeat(np.arange(10), count)
+        data = rng.randint(0, 256, (len(labels), 3072)).astype(np.uint8)
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump({'data': data, 'labels': labels.tolist()}, f, protocol=2)
+
+
+def cpu_name() -> str:
+    """The CPU model and whether it has AVX-512 BF16 instructions (x86 Linux)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name':
+                    name = value.strip()
+                elif key.strip() == 'flags':
+                    flags = set(value.split())
+    except OSError:
+        pass
+    extras = [f for f in ('avx512f', 'avx512_bf16', 'amx_bf16') if f in flags]
+    return '%s (%d cores%s)' % (name, os.cpu_count(), ', ' + ' '.join(extras) if extras else '')
+
+
+def run_case(python: str, tree: str, work: str, data: str, case: dict) -> dict:
+    cmd = [python, os.path.abspath(__file__), '--child', '--tree', tree, '--work', work,
+           '--data', data, '--network', case['network'], '--width', str(case['width']),
+           '--labels', str(case['labels']), '--max_steps', str(case['max_steps']),
+           '--feed', case['feed'], '--precision_mode', case['precision_mode']]
+    for extra in case.get('extra', []):
+        cmd += ['--extra=' + extra]
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith('RESULT '):
+            return json.loads(line[len('RESULT '):])
+    raise RuntimeError('case %s failed:\n%s' % (case, proc.stderr[-3000:]))
+
+
+def cases(args):
+    """(label, case) of every measurement, new and old interleaved."""
+    # Steps per epoch = labels / 16; the first epoch is not timed.
+    for network, width in args.models:
+        big = width >= 0.5
+        labels = 160 if big else 640
+        epochs = 3 if big else 3
+        for precision_mode in args.precisions:
+            for feed in ('real', 'fixed'):
+                for tree in ('new', 'old'):
+                    if tree == 'old' and feed == 'fixed' and not args.old_fixed:
+                        continue
+                    yield tree, dict(network=network, width=width, labels=labels,
+                                     max_steps=epochs * labels // 16, feed=feed,
+                                     precision_mode=precision_mode)
+
+
+def parse_models(text: str):
+    models = []
+    for item in text.split(','):
+        name, _, width = item.partition(':')
+        models.append((name, float(width or 1.0)))
+    return models
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--steps', type=int, default=5, help='timed steps per precision')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed steps first (tracing)')
-    parser.add_argument('--batch_size', type=int, default=16, help='pool images per step')
+    parser.add_argument('--old', default=BEFORE_SPEED_WORK, help='commit to compare with')
+    parser.add_argument('--models', default='convnet:1,convnet:0.125,nin:1,wrn:1',
+                        help='network:width pairs, comma-separated')
+    parser.add_argument('--precisions', default='float32,mixed',
+                        help='float32 and/or mixed (--precision_mode=allow_mix_precision)')
+    parser.add_argument('--old_fixed', action='store_true',
+                        help='also time the old code on a fixed batch')
+    parser.add_argument('--python', default=sys.executable, help='interpreter of the children')
+    parser.add_argument('--json', help='also write every figure to this file')
+    # Child mode.
+    parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--tree', default=HERE, help=argparse.SUPPRESS)
+    parser.add_argument('--work', help=argparse.SUPPRESS)
+    parser.add_argument('--data', help=argparse.SUPPRESS)
+    parser.add_argument('--network', help=argparse.SUPPRESS)
+    parser.add_argument('--width', type=float, help=argparse.SUPPRESS)
+    parser.add_argument('--labels', type=int, help=argparse.SUPPRESS)
+    parser.add_argument('--max_steps', type=int, help=argparse.SUPPRESS)
+    parser.add_argument('--feed', help=argparse.SUPPRESS)
+    parser.add_argument('--precision_mode', default='', help=argparse.SUPPRESS)
+    parser.add_argument('--extra', action='append', default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print('TensorFlow %s, %d CPU cores, ConvNet-13 width 1.0, %d + %d images per step'
-          % (tf.__version__, os.cpu_count(), args.batch_size * 6, args.batch_size * 6), flush=True)
-    precision, float32_ms = ms_per_step('', args.batch_size, args.steps, args.warmup)
-    print('%-15s %8.0f ms/step (median of %d)' % (precision, float32_ms, args.steps), flush=True)
-    if device.resolve_precision('cpu', 'allow_mix_precision', TF1) == 'float32':
-        print('no mixed_bfloat16 figure: TensorFlow 1.15 has no bfloat16 Keras policy (its mixed '
-              'precision is the float16 graph rewrite, for GPUs only)')
+    if args.child:
+        child(args)
         return
-    # Second: the mixed policy, once set, stays for the process.
-    precision, mixed_ms = ms_per_step('allow_mix_precision', args.batch_size, args.steps, args.warmup)
-    print('%-15s %8.0f ms/step (median of %d)' % (precision, mixed_ms, args.steps))
-    print('mixed_bfloat16 / float32 step time: %.2fx' % (mixed_ms / float32_ms))
+    args.models = parse_models(args.models)
+    args.precisions = [{'float32': '', 'mixed': 'allow_mix_precision'}[p]
+                       for p in args.precisions.split(',')]
+
+    scratch = tempfile.mkdtemp(prefix='sesemi_step_')
+    old_tree = os.path.join(scratch, 'old')
+    subprocess.run(['git', '-C', HERE, 'worktree', 'add', '--detach', old_tree, args.old],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        data = os.path.join(scratch, 'cifar10')
+        write_cifar10(data, per_class=100)
+        version = subprocess.run([args.python, '-c', 'import sys; sys.path.insert(0, %r); '
+                                  'from compat import tf; print(tf.__version__)' % HERE],
+                                 stdout=subprocess.PIPE, universal_newlines=True).stdout.split()[-1]
+        malloc = 'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc malloc'
+        print('CPU: %s\nTensorFlow %s, %s; new = this checkout, old = %s; asl, batch 16 '
+              '(96 labeled + 96 proxy images per step); ms/step = median over the epochs after '
+              'the first' % (cpu_name(), version, malloc, args.old), flush=True)
+        figures = []
+        for tree, case in cases(args):
+            fig = run_case(args.python, HERE if tree == 'new' else old_tree,
+                           os.path.join(scratch, 'work'), data, case)
+            fig.update(case, tree=tree)
+            figures.append(fig)
+            print('%-3s %-7s w%-5g %-15s %-5s %9.1f ms/step  (first epoch %.0f; xla %s, '
+                  'steps/execution %s)' % (
+                      tree, case['network'], case['width'], fig['precision'], case['feed'],
+                      fig['ms_per_step'], fig['first_epoch_ms'], fig['xla'],
+                      fig['steps_per_execution']), flush=True)
+        report(figures)
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(figures, f, indent=1)
+    finally:
+        subprocess.run(['git', '-C', HERE, 'worktree', 'remove', '--force', old_tree],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def report(figures) -> None:
+    """Prints the ratios: real/fixed feed, and against the old float32 step."""
+    def find(tree, network, width, precision, feed='real'):
+        for fig in figures:
+            if (fig['tree'], fig['network'], fig['width'], fig['precision'], fig['feed']) == (
+                    tree, network, width, precision, feed):
+                return fig['ms_per_step']
+        return None
+
+    print('\nratios:')
+    keys = sorted({(f['network'], f['width'], f['precision']) for f in figures if f['tree'] == 'new'})
+    for network, width, precision in keys:
+        real, fixed = find('new', network, width, precision), find('new', network, width, precision, 'fixed')
+        old32 = find('old', network, width, 'float32')
+        parts = []
+        if real and fixed:
+            parts.append('real/fixed %.3f' % (real / fixed))
+        if real and old32:
+            parts.append('new/old float32 %.3f' % (real / old32))
+        print('  %-7s w%-5g %-15s %s' % (network, width, precision, ', '.join(parts)))
+    new, old = find('new', 'convnet', 1.0, 'float32'), find('old', 'convnet', 1.0, 'float32')
+    if new and old:
+        print('convnet width 1.0 float32 new/old step time: %.3f' % (new / old))
+
 
 if __name__ == '__main__':
     main()

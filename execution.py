@@ -1,0 +1,132 @@
+"""How the training step is executed: XLA compilation and steps per execution.
+
+    flag                   TF 2.x (CPU/GPU)                TF 1.15 (CPU/GPU)         NPU
+    --xla                  compile(jit_compile=...)         session global JIT level  always off
+    --steps_per_execution  compile(steps_per_execution=N)   1 (no such option)        1
+
+``auto`` picks what measured faster on this project's CPU (docs/performance.md):
+XLA off (its CPU convolutions are about half as fast as oneDNN's), and
+``AUTO_STEPS_PER_EXECUTION`` steps per call of the training function on TF 2.x.
+The debugging aids that look at every step (--over_dump, --data_dump_flag,
+--profiling) need one step per execution and no XLA: ``auto`` gives them that,
+and an explicit setting against them is refused.
+
+The entry calls ``define_flags``, ``check_flags`` (before TensorFlow loads),
+``configure`` (after ``device.configure``) and ``compile_options``.
+"""
+
+import math
+from typing import Dict
+
+from absl import flags
+
+from utils import UsageError
+
+XLA_CHOICES = ('auto', 'on', 'off')
+# Steps per call of the TF 2 training function when left to auto: enough to take
+# the per-call host work (callbacks, logs, iterator) off most steps, few enough
+# that a SIGTERM or a non-finite loss is seen within a few seconds of it.
+AUTO_STEPS_PER_EXECUTION = 8
+DEBUG_AIDS = ('over_dump', 'data_dump_flag', 'profiling')
+
+
+def define_flags(fv: flags.FlagValues) -> None:
+    """Defines --xla and --steps_per_execution on ``fv``."""
+    flags.DEFINE_enum('xla', 'auto', XLA_CHOICES, 'Compile the training step and evaluation with '
+                      'XLA. auto (default): off, which measured faster on CPU; never on an NPU.',
+                      flag_values=fv)
+    flags.DEFINE_integer('steps_per_execution', 0, 'Training steps per call of the compiled '
+                         'training function (TF 2.x; callbacks, NaN checks and SIGTERM are seen '
+                         'between calls). 0 (default): %d, or 1 while a debugging aid is on, and on '
+                         'TF 1.15 and NPU.' % AUTO_STEPS_PER_EXECUTION, lower_bound=0, flag_values=fv)
+
+
+def _debug_aids(cfg: dict) -> list:
+    return ['--' + name for name in DEBUG_AIDS if cfg.get(name)]
+
+
+def check_flags(cfg: dict) -> None:
+    """Refuses settings that cannot hold together. Imports no TensorFlow.
+
+    Raises:
+        UsageError: XLA or several steps per execution asked for together with a
+            debugging aid that needs every step; --ckpt_every_steps not a multiple
+            of --steps_per_execution.
+    """
+    aids = _debug_aids(cfg)
+    if aids and cfg['xla'] == 'on':
+        raise UsageError('--xla=on cannot be used with %s, which watch every op of every step; '
+                         'leave --xla at auto' % ', '.join(aids))
+    if aids and cfg['steps_per_execution'] > 1:
+        raise UsageError('--steps_per_execution=%d cannot be used with %s, which need one step '
+                         'per execution; leave it at 0 (auto)' % (cfg['steps_per_execution'],
+                                                                  ', '.join(aids)))
+    every, per_call = cfg['ckpt_every_steps'], cfg['steps_per_execution']
+    if every and per_call > 1 and every % per_call:
+        raise UsageError('--ckpt_every_steps=%d is not a multiple of --steps_per_execution=%d '
+                         '(checkpoints are written between executions); change one of them'
+                         % (every, per_call))
+
+
+def resolve(cfg: dict, device: str, tf1: bool) -> Dict[str, object]:
+    """The XLA and steps-per-execution settings in effect.
+
+    Args:
+        cfg: the flags (``xla``, ``steps_per_execution``, ``ckpt_every_steps``
+            and the debugging aids).
+        device: the device in use: cpu, gpu or npu.
+        tf1: whether TensorFlow 1.15 runs.
+
+    Returns:
+        {'xla': 'on' or 'off', 'steps_per_execution': N}.
+
+    Raises:
+        UsageError: --xla=on on an NPU, or --steps_per_execution above 1 where
+            there is no such option (TF 1.15, NPU).
+    """
+    if device == 'npu' and cfg['xla'] == 'on':
+        raise UsageError('--xla=on is not available on an NPU (the CANN adapter compiles the '
+                         'graph itself); leave --xla at auto')
+    if (tf1 or device == 'npu') and cfg['steps_per_execution'] > 1:
+        raise UsageError('--steps_per_execution=%d needs TensorFlow 2 on CPU or GPU (Keras runs '
+                         'one step per call here); leave it at 0 (auto)' % cfg['steps_per_execution'])
+    per_call = cfg['steps_per_execution']
+    if not per_call:
+        per_call = 1 if tf1 or device == 'npu' or _debug_aids(cfg) else AUTO_STEPS_PER_EXECUTION
+        if cfg['ckpt_every_steps']:  # checkpoints fall between executions
+            per_call = math.gcd(per_call, cfg['ckpt_every_steps'])
+    return {'xla': 'on' if cfg['xla'] == 'on' else 'off', 'steps_per_execution': per_call}
+
+
+def configure_tf1_session(config, xla: bool) -> None:
+    """Sets TF 1.15's session-wide JIT level on the ``ConfigProto`` ``config``."""
+    from compat import tf
+    level = tf.compat.v1.OptimizerOptions.ON_1 if xla else tf.compat.v1.OptimizerOptions.OFF
+    config.graph_options.optimizer_options.global_jit_level = level
+
+
+def compile_options(cfg: dict) -> Dict[str, object]:
+    """The extra ``model.compile`` arguments for the settings in effect (TF 2.x);
+    none on TF 1.15, where XLA is a session setting."""
+    from compat import TF1
+    if TF1:
+        return {}
+    return {'jit_compile': cfg['xla'] == 'on', 'steps_per_execution': cfg['steps_per_execution']}
+
+
+def configure(cfg: dict, device: str) -> Dict[str, object]:
+    """Resolves the settings (see ``resolve``) and applies those that are not
+    compile arguments: TF 1.15's session JIT level. Call after ``device.configure``.
+
+    Returns:
+        {'xla': 'on'/'off', 'steps_per_execution': N}, for the run's configuration.
+    """
+    from compat import TF1, K, tf
+    settings = resolve(cfg, device, TF1)
+    if TF1 and settings['xla'] == 'on':
+        # Keeps what the session made so far was configured with (threads, rewrites).
+        config = tf.compat.v1.ConfigProto()
+        config.CopyFrom(getattr(K.get_session(), '_config', None) or config)
+        configure_tf1_session(config, True)
+        tf.compat.v1.keras.backend.set_session(tf.compat.v1.Session(config=config))
+    return settings
