@@ -5,14 +5,15 @@
     --steps_per_execution  compile(steps_per_execution=N)   1 (no such option)        1
 
 ``auto`` picks what measured faster on this project's CPU (docs/performance.md):
-XLA off (its CPU convolutions are about half as fast as oneDNN's), and
+XLA off (its CPU convolutions are about half as fast as oneDNN's), and up to
 ``AUTO_STEPS_PER_EXECUTION`` steps per call of the training function on TF 2.x.
 The debugging aids that look at every step (--over_dump, --data_dump_flag,
 --profiling) need one step per execution and no XLA: ``auto`` gives them that,
 and an explicit setting against them is refused.
 
-The entry calls ``define_flags``, ``check_flags`` (before TensorFlow loads),
-``configure`` (after ``device.configure``) and ``compile_options``.
+The entry calls ``define_flags``, ``check_flags`` and ``prepare_environment``
+(before TensorFlow loads), ``configure`` (after ``device.configure``, once the
+epoch length is known) and ``compile_options``.
 """
 
 import math
@@ -68,32 +69,59 @@ def check_flags(cfg: dict) -> None:
                          % (every, per_call))
 
 
-def resolve(cfg: dict, device: str, tf1: bool) -> Dict[str, object]:
+def prepare_environment(cfg: dict) -> None:
+    """Sets what TensorFlow reads once, at start-up, for the settings asked for;
+    call before TensorFlow is imported. TF 1.15 (the release that ships a
+    ``tensorflow_core`` package) clusters ops for XLA on CPU only with
+    ``--tf_xla_cpu_global_jit`` in TF_XLA_FLAGS; the session's JIT level alone
+    covers GPUs."""
+    import importlib.util
+    import os
+    if cfg['xla'] == 'on' and importlib.util.find_spec('tensorflow_core') is not None:
+        present = os.environ.get('TF_XLA_FLAGS', '')
+        if '--tf_xla_cpu_global_jit' not in present:
+            os.environ['TF_XLA_FLAGS'] = (present + ' --tf_xla_cpu_global_jit').strip()
+
+
+def resolve(cfg: dict, device: str, tf1: bool, steps_per_epoch: int) -> Dict[str, object]:
     """The XLA and steps-per-execution settings in effect.
+
+    Keras runs an epoch's steps in executions of ``steps_per_execution``,
+    the last one cut at the epoch's end. Checkpoints (every --ckpt_every_steps)
+    are written between executions, so the executions must end on those steps:
+    auto takes the largest count up to ``AUTO_STEPS_PER_EXECUTION`` that divides
+    both the epoch and the checkpoint interval; an explicit count must divide both.
 
     Args:
         cfg: the flags (``xla``, ``steps_per_execution``, ``ckpt_every_steps``
             and the debugging aids).
         device: the device in use: cpu, gpu or npu.
         tf1: whether TensorFlow 1.15 runs.
+        steps_per_epoch: training steps of one epoch.
 
     Returns:
         {'xla': 'on' or 'off', 'steps_per_execution': N}.
 
     Raises:
-        UsageError: --xla=on on an NPU, or --steps_per_execution above 1 where
-            there is no such option (TF 1.15, NPU).
+        UsageError: --xla=on on an NPU; --steps_per_execution above 1 where there
+            is no such option (TF 1.15, NPU) or not dividing the epoch.
     """
     if device == 'npu' and cfg['xla'] == 'on':
         raise UsageError('--xla=on is not available on an NPU (the CANN adapter compiles the '
                          'graph itself); leave --xla at auto')
-    if (tf1 or device == 'npu') and cfg['steps_per_execution'] > 1:
+    asked = cfg['steps_per_execution']
+    if (tf1 or device == 'npu') and asked > 1:
         raise UsageError('--steps_per_execution=%d needs TensorFlow 2 on CPU or GPU (Keras runs '
-                         'one step per call here); leave it at 0 (auto)' % cfg['steps_per_execution'])
-    per_call = cfg['steps_per_execution']
+                         'one step per call here); leave it at 0 (auto)' % asked)
+    if asked > 1 and steps_per_epoch % asked:
+        raise UsageError('--steps_per_execution=%d does not divide the %d steps of an epoch; '
+                         'choose a divisor of %d, or 0 (auto)' % (asked, steps_per_epoch,
+                                                                   steps_per_epoch))
+    per_call = asked
     if not per_call:
         per_call = 1 if tf1 or device == 'npu' or _debug_aids(cfg) else AUTO_STEPS_PER_EXECUTION
-        if cfg['ckpt_every_steps']:  # checkpoints fall between executions
+        per_call = math.gcd(per_call, steps_per_epoch)
+        if cfg['ckpt_every_steps']:
             per_call = math.gcd(per_call, cfg['ckpt_every_steps'])
     return {'xla': 'on' if cfg['xla'] == 'on' else 'off', 'steps_per_execution': per_call}
 
@@ -114,15 +142,16 @@ def compile_options(cfg: dict) -> Dict[str, object]:
     return {'jit_compile': cfg['xla'] == 'on', 'steps_per_execution': cfg['steps_per_execution']}
 
 
-def configure(cfg: dict, device: str) -> Dict[str, object]:
+def configure(cfg: dict, device: str, steps_per_epoch: int) -> Dict[str, object]:
     """Resolves the settings (see ``resolve``) and applies those that are not
-    compile arguments: TF 1.15's session JIT level. Call after ``device.configure``.
+    compile arguments: TF 1.15's session JIT level. Call after ``device.configure``
+    and before the model is built.
 
     Returns:
         {'xla': 'on'/'off', 'steps_per_execution': N}, for the run's configuration.
     """
     from compat import TF1, K, tf
-    settings = resolve(cfg, device, TF1)
+    settings = resolve(cfg, device, TF1, steps_per_epoch)
     if TF1 and settings['xla'] == 'on':
         # Keeps what the session made so far was configured with (threads, rewrites).
         config = tf.compat.v1.ConfigProto()

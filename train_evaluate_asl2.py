@@ -173,6 +173,7 @@ class Training:
         self.x_train, self.y_train, self.labeled = x_train, y_train, labeled
         self.info = info
 
+        cfg.update(execution.configure(cfg, cfg['device'], self.steps_per_epoch))
         set_seed(cfg['seed'])
         trunk = networks.get(cfg['network'])(info.shape, cfg['in_network_dropout'], cfg['width'])
         self.model, self.inference = utils.build_models(
@@ -399,11 +400,11 @@ def run(argv: List[str]) -> int:
             check_saved_run(cfg)  # the flags, before TensorFlow loads
         else:
             check_no_earlier_run(cfg)
+    execution.prepare_environment(cfg)
     from compat import make_deterministic, tf
     if cfg['deterministic']:
         make_deterministic()
     cfg.update(device.configure(cfg))
-    cfg.update(execution.configure(cfg, cfg['device']))
     if cfg['resume'] and not cfg['dry_run']:
         check_saved_run(cfg)  # again with what configure resolved: the precision in effect
     training = Training(cfg, train, test)

@@ -123,20 +123,23 @@ def run_case(python: str, tree: str, work: str, data: str, case: dict) -> dict:
 
 
 def cases(args):
-    """(label, case) of every measurement, new and old interleaved."""
-    # Steps per epoch = labels / 16; the first epoch is not timed.
-    for network, width in args.models:
-        big = width >= 0.5
-        labels = 160 if big else 640
-        epochs = 3 if big else 3
-        for precision_mode in args.precisions:
-            for feed in ('real', 'fixed'):
-                for tree in ('new', 'old'):
-                    if tree == 'old' and feed == 'fixed' and not args.old_fixed:
-                        continue
-                    yield tree, dict(network=network, width=width, labels=labels,
-                                     max_steps=epochs * labels // 16, feed=feed,
-                                     precision_mode=precision_mode)
+    """(tree, case) of every measurement: rounds of new and old side by side."""
+    for _ in range(args.rounds):
+        for network, width in args.models:
+            # Steps per epoch = labels / 16; the first epoch is not timed.
+            labels = 80 if width >= 0.5 else 320
+            for precision_mode in args.precisions:
+                for feed in ('real', 'fixed'):
+                    for tree in ('new', 'old'):
+                        if tree == 'old' and feed == 'fixed' and not args.old_fixed:
+                            continue
+                        yield tree, dict(network=network, width=width, labels=labels,
+                                         max_steps=3 * labels // 16, feed=feed,
+                                         precision_mode=precision_mode)
+                for variant in args.variant:
+                    yield 'new', dict(network=network, width=width, labels=labels,
+                                      max_steps=3 * labels // 16, feed='real',
+                                      precision_mode=precision_mode, extra=variant.split())
 
 
 def parse_models(text: str):
@@ -156,6 +159,10 @@ def main():
                         help='float32 and/or mixed (--precision_mode=allow_mix_precision)')
     parser.add_argument('--old_fixed', action='store_true',
                         help='also time the old code on a fixed batch')
+    parser.add_argument('--rounds', type=int, default=1, help='repeat every case this often')
+    parser.add_argument('--variant', action='append', default=[],
+                        help='also time the new code with these extra flags (e.g. --xla=on); '
+                        'repeatable')
     parser.add_argument('--python', default=sys.executable, help='interpreter of the children')
     parser.add_argument('--json', help='also write every figure to this file')
     # Child mode.
@@ -196,14 +203,14 @@ def main():
         for tree, case in cases(args):
             fig = run_case(args.python, HERE if tree == 'new' else old_tree,
                            os.path.join(scratch, 'work'), data, case)
-            fig.update(case, tree=tree)
+            fig.update(case, tree=tree + ''.join(' ' + e for e in case.get('extra', [])))
             figures.append(fig)
-            print('%-3s %-7s w%-5g %-15s %-5s %9.1f ms/step  (first epoch %.0f; xla %s, '
+            print('%-13s %-7s w%-5g %-15s %-5s %9.1f ms/step  (first epoch %.0f; xla %s, '
                   'steps/execution %s)' % (
                       tree, case['network'], case['width'], fig['precision'], case['feed'],
                       fig['ms_per_step'], fig['first_epoch_ms'], fig['xla'],
                       fig['steps_per_execution']), flush=True)
-        report(figures)
+        report(figures, args.variant)
         if args.json:
             with open(args.json, 'w') as f:
                 json.dump(figures, f, indent=1)
@@ -213,16 +220,16 @@ def main():
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def report(figures) -> None:
+def report(figures, variants) -> None:
     """Prints the ratios: real/fixed feed, and against the old float32 step."""
     def find(tree, network, width, precision, feed='real'):
-        for fig in figures:
-            if (fig['tree'], fig['network'], fig['width'], fig['precision'], fig['feed']) == (
-                    tree, network, width, precision, feed):
-                return fig['ms_per_step']
-        return None
+        """The median ms/step over the rounds of one case, or None."""
+        found = [fig['ms_per_step'] for fig in figures
+                 if (fig['tree'], fig['network'], fig['width'], fig['precision'], fig['feed'])
+                 == (tree, network, width, precision, feed)]
+        return statistics.median(found) if found else None
 
-    print('\nratios:')
+    print('\nratios of the medians over the rounds:')
     keys = sorted({(f['network'], f['width'], f['precision']) for f in figures if f['tree'] == 'new'})
     for network, width, precision in keys:
         real, fixed = find('new', network, width, precision), find('new', network, width, precision, 'fixed')
@@ -230,6 +237,10 @@ def report(figures) -> None:
         parts = []
         if real and fixed:
             parts.append('real/fixed %.3f' % (real / fixed))
+        for variant in variants:
+            other = find('new ' + variant, network, width, precision)
+            if real and other:
+                parts.append('[%s]/default %.3f' % (variant, other / real))
         if real and old32:
             parts.append('new/old float32 %.3f' % (real / old32))
         print('  %-7s w%-5g %-15s %s' % (network, width, precision, ', '.join(parts)))

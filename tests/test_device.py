@@ -179,6 +179,28 @@ def test_resolve_precision(device_name, mode, tf1, expected):
     assert device.resolve_precision(device_name, mode, tf1) == expected
 
 
+@pytest.mark.parametrize('native', [True, False])
+def test_emulated_bfloat16_is_honoured_with_one_warning(monkeypatch, capsys, native):
+    if tf_generation() == 1:
+        pytest.skip('TF 1.15 has no bfloat16 policy: allow_mix_precision trains in float32 on CPU')
+    from compat import keras
+    monkeypatch.setattr(device, 'bfloat16_is_native', lambda: native)
+    cfg = npu_cfg(device='cpu', precision_mode='allow_mix_precision')
+    try:
+        assert device.configure(cfg) == {'device': 'cpu', 'precision': 'mixed_bfloat16'}
+        assert keras.mixed_precision.global_policy().name == 'mixed_bfloat16'
+    finally:
+        keras.mixed_precision.set_global_policy('float32')
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
+    assert len(warnings) == (0 if native else 1)
+    if warnings:
+        assert 'bfloat16' in warnings[0] and 'emulated' in warnings[0]
+
+
+def test_bfloat16_query_answers():
+    assert device.bfloat16_is_native() in (True, False)
+
+
 def test_gpu_asked_without_a_gpu():
     with pytest.raises(UsageError, match='--device=gpu'):
         device.configure(npu_cfg(device='gpu'))

@@ -22,33 +22,38 @@ def flags(**overrides):
     return cfg
 
 
-@pytest.mark.parametrize('overrides,device,tf1,expected', [
-    ({}, 'cpu', False, {'xla': 'off', 'steps_per_execution': execution.AUTO_STEPS_PER_EXECUTION}),
-    ({}, 'gpu', False, {'xla': 'off', 'steps_per_execution': execution.AUTO_STEPS_PER_EXECUTION}),
-    ({}, 'cpu', True, {'xla': 'off', 'steps_per_execution': 1}),
-    ({}, 'npu', False, {'xla': 'off', 'steps_per_execution': 1}),
-    ({'xla': 'on'}, 'cpu', True, {'xla': 'on', 'steps_per_execution': 1}),
-    ({'steps_per_execution': 3}, 'cpu', False, {'xla': 'off', 'steps_per_execution': 3}),
-    ({'profiling': True}, 'cpu', False, {'xla': 'off', 'steps_per_execution': 1}),
-    ({'over_dump': True}, 'gpu', False, {'xla': 'off', 'steps_per_execution': 1}),
-    # Checkpoints fall between executions: auto divides --ckpt_every_steps.
-    ({'ckpt_every_steps': 12}, 'cpu', False, {'xla': 'off', 'steps_per_execution': 4}),
-    ({'ckpt_every_steps': 3}, 'cpu', False, {'xla': 'off', 'steps_per_execution': 1}),
+AUTO = execution.AUTO_STEPS_PER_EXECUTION
+
+
+@pytest.mark.parametrize('overrides,device,tf1,epoch,expected', [
+    ({}, 'cpu', False, 40, {'xla': 'off', 'steps_per_execution': AUTO}),
+    ({}, 'gpu', False, 40, {'xla': 'off', 'steps_per_execution': AUTO}),
+    ({}, 'cpu', True, 40, {'xla': 'off', 'steps_per_execution': 1}),
+    ({}, 'npu', False, 40, {'xla': 'off', 'steps_per_execution': 1}),
+    ({'xla': 'on'}, 'cpu', True, 40, {'xla': 'on', 'steps_per_execution': 1}),
+    ({'steps_per_execution': 3}, 'cpu', False, 30, {'xla': 'off', 'steps_per_execution': 3}),
+    ({'profiling': True}, 'cpu', False, 40, {'xla': 'off', 'steps_per_execution': 1}),
+    ({'over_dump': True}, 'gpu', False, 40, {'xla': 'off', 'steps_per_execution': 1}),
+    # Executions end on epoch ends and on checkpoint steps: auto divides both.
+    ({}, 'cpu', False, 10, {'xla': 'off', 'steps_per_execution': 2}),
+    ({'ckpt_every_steps': 12}, 'cpu', False, 40, {'xla': 'off', 'steps_per_execution': 4}),
+    ({'ckpt_every_steps': 3}, 'cpu', False, 40, {'xla': 'off', 'steps_per_execution': 1}),
 ])
-def test_resolve(overrides, device, tf1, expected):
+def test_resolve(overrides, device, tf1, epoch, expected):
     cfg = flags(**overrides)
     execution.check_flags(cfg)
-    assert execution.resolve(cfg, device, tf1) == expected
+    assert execution.resolve(cfg, device, tf1, epoch) == expected
 
 
 @pytest.mark.parametrize('overrides,device,tf1,words', [
     ({'xla': 'on'}, 'npu', True, ['--xla=on', 'NPU']),
     ({'steps_per_execution': 4}, 'npu', False, ['--steps_per_execution=4']),
     ({'steps_per_execution': 4}, 'cpu', True, ['--steps_per_execution=4', 'TensorFlow 2']),
+    ({'steps_per_execution': 4}, 'cpu', False, ['does not divide the 10 steps']),
 ])
 def test_resolve_refuses(overrides, device, tf1, words):
     with pytest.raises(execution.UsageError) as err:
-        execution.resolve(flags(**overrides), device, tf1)
+        execution.resolve(flags(**overrides), device, tf1, 10)
     for word in words:
         assert word in str(err.value)
 
@@ -117,17 +122,16 @@ def test_off_a_terminal_a_run_prints_progress_lines(tiny_fashion, tmp_path):
 
 
 def test_several_steps_per_execution_give_the_same_training(tiny_fashion, tmp_path):
-    """The default execution (several steps per call on TF 2) trains exactly what
+    """Several steps per call of the training function (TF 2) train exactly what
     one step per call trains: same losses per epoch and same weights."""
+    from compat import TF1
     exact = ['--deterministic', '--super_dropout=0', '--epochs=3', '--max_steps=27']
     one, many = str(tmp_path / 'one'), str(tmp_path / 'many')
     assert run(tiny_fashion, one, *exact, '--steps_per_execution=1').returncode == 0
-    proc = run(tiny_fashion, many, *exact)
+    proc = run(tiny_fashion, many, *exact, *([] if TF1 else ['--steps_per_execution=5']))
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(os.path.join(many, 'args.json')) as f:
-        args = json.load(f)
-    from compat import TF1
-    assert args['steps_per_execution'] == (1 if TF1 else execution.AUTO_STEPS_PER_EXECUTION)
+        assert json.load(f)['steps_per_execution'] == (1 if TF1 else 5)
     a, b = metrics(one), metrics(many)
     assert [r['step'] for r in a] == [r['step'] for r in b] == [10, 20, 27]
     for x, y in zip(a, b):
