@@ -5,7 +5,9 @@
     --steps_per_execution  compile(steps_per_execution=N)   1 (no such option)        1
 
 ``auto`` picks what measured faster on this project's CPU (docs/performance.md):
-XLA off (its CPU convolutions are about half as fast as oneDNN's), and up to
+XLA off (under TF 2.x its CPU convolutions run at half the speed of oneDNN's;
+under TF 1.15 it shortened the step by 5 % at width 1/8, not more than the 5 %
+the rule asked for; GPUs were not measured), and up to
 ``AUTO_STEPS_PER_EXECUTION`` steps per call of the training function on TF 2.x.
 The debugging aids that look at every step (--over_dump, --data_dump_flag,
 --profiling) need one step per execution and no XLA: ``auto`` gives them that,
@@ -34,7 +36,8 @@ DEBUG_AIDS = ('over_dump', 'data_dump_flag', 'profiling')
 def define_flags(fv: flags.FlagValues) -> None:
     """Defines --xla and --steps_per_execution on ``fv``."""
     flags.DEFINE_enum('xla', 'auto', XLA_CHOICES, 'Compile the training step and evaluation with '
-                      'XLA. auto (default): off, which measured faster on CPU; never on an NPU.',
+                      'XLA. auto (default): off, what measured faster on CPU; refused on an NPU and '
+                      'with the debugging aids.',
                       flag_values=fv)
     flags.DEFINE_integer('steps_per_execution', 0, 'Training steps per call of the compiled '
                          'training function (TF 2.x; callbacks, NaN checks and SIGTERM are seen '
@@ -70,11 +73,13 @@ def check_flags(cfg: dict) -> None:
 
 
 def prepare_environment(cfg: dict) -> None:
-    """Sets what TensorFlow reads once, at start-up, for the settings asked for;
-    call before TensorFlow is imported. TF 1.15 (the release that ships a
-    ``tensorflow_core`` package) clusters ops for XLA on CPU only with
-    ``--tf_xla_cpu_global_jit`` in TF_XLA_FLAGS; the session's JIT level alone
-    covers GPUs."""
+    """Sets what TensorFlow reads once, at start-up; call before it is imported.
+
+    TF 1.15 (the release that ships a ``tensorflow_core`` package) applies the
+    session's JIT level to CPU ops only with ``--tf_xla_cpu_global_jit`` in
+    TF_XLA_FLAGS. The flag alone compiles nothing: ``configure`` sets the JIT
+    level.
+    """
     import importlib.util
     import os
     if cfg['xla'] == 'on' and importlib.util.find_spec('tensorflow_core') is not None:
@@ -103,12 +108,16 @@ def resolve(cfg: dict, device: str, tf1: bool, steps_per_epoch: int) -> Dict[str
         {'xla': 'on' or 'off', 'steps_per_execution': N}.
 
     Raises:
-        UsageError: --xla=on on an NPU; --steps_per_execution above 1 where there
-            is no such option (TF 1.15, NPU) or not dividing the epoch.
+        UsageError: --xla=on on an NPU or, under TF 2.x, with --deterministic;
+            --steps_per_execution above 1 where there is no such option (TF 1.15,
+            NPU) or not dividing the epoch.
     """
     if device == 'npu' and cfg['xla'] == 'on':
         raise UsageError('--xla=on is not available on an NPU (the CANN adapter compiles the '
                          'graph itself); leave --xla at auto')
+    if cfg['xla'] == 'on' and cfg.get('deterministic') and not tf1:
+        raise UsageError('--xla=on cannot be used with --deterministic under TensorFlow 2 (its '
+                         'deterministic mode has no XLA max-pooling gradient); drop one of them')
     asked = cfg['steps_per_execution']
     if (tf1 or device == 'npu') and asked > 1:
         raise UsageError('--steps_per_execution=%d needs TensorFlow 2 on CPU or GPU (Keras runs '

@@ -138,6 +138,8 @@ def op_times(model, folder: str):
         for dev in fn.run_metadata.step_stats.dev_stats:
             for node in dev.node_stats:
                 label = node.timeline_label.split(' = ')[-1]
+                if 'device=' in label:  # the call of the whole step, not an op in it
+                    continue
                 times[label.split('(')[0] or node.node_name] += node.all_end_rel_micros / 1000
         return times
     import glob

@@ -129,7 +129,7 @@ def cases(args):
             # Steps per epoch = labels / 16; the first epoch is not timed.
             labels = 80 if width >= 0.5 else 320
             for precision_mode in args.precisions:
-                for feed in ('real', 'fixed'):
+                for feed in args.feeds.split(','):
                     for tree in ('new', 'old'):
                         if tree == 'old' and feed == 'fixed' and not args.old_fixed:
                             continue
@@ -157,6 +157,8 @@ def main():
                         help='network:width pairs, comma-separated')
     parser.add_argument('--precisions', default='float32,mixed',
                         help='float32 and/or mixed (--precision_mode=allow_mix_precision)')
+    parser.add_argument('--feeds', default='real,fixed',
+                        help='real (the input pipeline) and/or fixed (one repeated batch)')
     parser.add_argument('--old_fixed', action='store_true',
                         help='also time the old code on a fixed batch')
     parser.add_argument('--rounds', type=int, default=1, help='repeat every case this often')

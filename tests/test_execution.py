@@ -29,6 +29,7 @@ AUTO = execution.AUTO_STEPS_PER_EXECUTION
     ({}, 'cpu', False, 40, {'xla': 'off', 'steps_per_execution': AUTO}),
     ({}, 'gpu', False, 40, {'xla': 'off', 'steps_per_execution': AUTO}),
     ({}, 'cpu', True, 40, {'xla': 'off', 'steps_per_execution': 1}),
+    ({}, 'gpu', True, 40, {'xla': 'off', 'steps_per_execution': 1}),
     ({}, 'npu', False, 40, {'xla': 'off', 'steps_per_execution': 1}),
     ({'xla': 'on'}, 'cpu', True, 40, {'xla': 'on', 'steps_per_execution': 1}),
     ({'steps_per_execution': 3}, 'cpu', False, 30, {'xla': 'off', 'steps_per_execution': 3}),
@@ -50,6 +51,7 @@ def test_resolve(overrides, device, tf1, epoch, expected):
     ({'steps_per_execution': 4}, 'npu', False, ['--steps_per_execution=4']),
     ({'steps_per_execution': 4}, 'cpu', True, ['--steps_per_execution=4', 'TensorFlow 2']),
     ({'steps_per_execution': 4}, 'cpu', False, ['does not divide the 10 steps']),
+    ({'xla': 'on', 'deterministic': True}, 'cpu', False, ['--deterministic']),
 ])
 def test_resolve_refuses(overrides, device, tf1, words):
     with pytest.raises(execution.UsageError) as err:
@@ -139,6 +141,36 @@ def test_several_steps_per_execution_give_the_same_training(tiny_fashion, tmp_pa
     for x, y in zip(load_weights(os.path.join(one, 'model.h5')),
                     load_weights(os.path.join(many, 'model.h5'))):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('flags_a,flags_b,steps,tolerance', [
+    # The defaults against one plain step a call: the same ops, to float32 rounding.
+    ([], ['--xla=off', '--steps_per_execution=1'], 27, 1e-5),
+    # XLA fuses and reorders float32 sums, and under TF 2.x its run is multi-threaded
+    # (there is no deterministic XLA max-pooling gradient): rounding differences grow
+    # with every step of this tiny, high-learning-rate run, so it is compared early.
+    (['--xla=on'], ['--xla=off'], 4, 1e-3),
+])
+def test_xla_trains_what_plain_execution_trains(tiny_fashion, tmp_path, flags_a, flags_b, steps,
+                                                tolerance):
+    """The default execution (several steps per call on TF 2.x) and XLA train what
+    one uncompiled step per call trains: losses and weights agree to ``tolerance``
+    (relative) after ``steps`` steps."""
+    from compat import TF1
+    exact = ['--super_dropout=0', '--epochs=3', '--max_steps=%d' % steps]
+    if TF1 or '--xla=on' not in flags_a:
+        exact.append('--deterministic')
+    a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+    for result, extra in ((a, flags_a), (b, flags_b)):
+        proc = run(tiny_fashion, result, *exact, *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(os.path.join(b, 'args.json')) as f:
+        assert json.load(f)['xla'] == 'off'
+    for x, y in zip(metrics(a), metrics(b)):
+        assert x['loss'] == pytest.approx(y['loss'], rel=tolerance)
+    for x, y in zip(load_weights(os.path.join(a, 'model.h5')),
+                    load_weights(os.path.join(b, 'model.h5'))):
+        np.testing.assert_allclose(x, y, rtol=tolerance, atol=tolerance / 10)
 
 
 def test_the_precision_in_effect_defines_the_run(tiny_fashion, tmp_path):
