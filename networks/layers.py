@@ -33,7 +33,8 @@ def conv(x, filters: int, kernel_size: int, name: str, padding: str = 'same',
 
 class DebiasState(tf.Module):
     """What a zero-debiased moving average keeps besides its result: the number of
-    updates and the biased averages of the batch means and variances.
+    updates and the biased averages of the batch means and variances (all saved by
+    checkpoints), and a lock for updating them.
 
     Args:
         channels: the number of normalised channels.
@@ -45,7 +46,8 @@ class DebiasState(tf.Module):
         self.count = K.variable(0, dtype='int64', name='count')
         self.biased_mean = K.variable(np.zeros(channels, np.float32), name='biased_mean')
         self.biased_variance = K.variable(np.zeros(channels, np.float32), name='biased_variance')
-        # Not tracked: a lock holds no state to save.
+        # Builds an update so that the other call of a shared layer cannot interleave with
+        # it; set past tf.Module's attribute tracking, as it is not state to save.
         object.__setattr__(self, 'run_exclusive', exclusive())
 
 
