@@ -109,6 +109,28 @@ def check_resumable(saved: dict, cfg: dict) -> None:
                          'new --result' % ', '.join(diffs))
 
 
+def check_format(path: str, model) -> None:
+    """Refuses a checkpoint written before the BatchNorm layers kept the state of
+    their zero-debiased moving averages (``networks.layers.BatchNormalization``).
+
+    Restoring one would leave that state at zero, so the resumed run would not
+    continue the one that wrote it; skipping it would silently start afresh.
+
+    Raises:
+        UsageError: ``model`` has such layers and the checkpoint holds none of their state.
+        Exception: the checkpoint's index cannot be read (a damaged checkpoint).
+    """
+    from compat import tf
+    from networks.layers import DEBIAS_STATE, has_debiased_batchnorm
+    if not has_debiased_batchnorm(model):
+        return
+    marker = '/%s/' % DEBIAS_STATE
+    if not any(marker in name for name, _ in tf.train.list_variables(path)):
+        raise UsageError('checkpoint %s was written by an earlier version whose BatchNorm '
+                         'moving statistics were not zero-debiased, so the run cannot continue '
+                         'exactly; start it afresh with another --result' % path)
+
+
 class Checkpoints:
     """Saves and restores a Keras model and its optimizer with ``CheckpointManager``.
 
@@ -161,13 +183,19 @@ class Checkpoints:
 
         Returns:
             The path restored, or None when there is no usable checkpoint.
+
+        Raises:
+            UsageError: the newest readable checkpoint has an earlier format (``check_format``).
         """
         from compat import create_optimizer_slots, restore_checkpoint
         create_optimizer_slots(self.model)
         for path in reversed(self.manager.checkpoints):
             try:
+                check_format(path, self.model)
                 restore_checkpoint(self.checkpoint, path)
                 return path
+            except UsageError:
+                raise
             except Exception as err:  # a truncated or missing file shows up in several types
                 warn('warning: skipping checkpoint %s, it does not load (%s)'
                      % (path, str(err).splitlines()[0] if str(err) else type(err).__name__))

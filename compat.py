@@ -49,6 +49,26 @@ else:
 keras = tf.keras
 K = keras.backend
 
+# A layer's ``training`` flag is a Python bool on TF 2.x and, in TF 1.15's Keras graphs, the
+# learning-phase tensor: these pick a branch in Python when they can and build a cond otherwise.
+if TF1:
+    from tensorflow.python.keras.utils.tf_utils import constant_value, smart_cond  # noqa: E402,F401
+else:
+    from tf_keras.src.utils.control_flow_util import constant_value, smart_cond  # noqa: E402,F401
+
+
+def exclusive():
+    """A function ``run(fn)`` that builds ``fn()``'s ops so that no other ``run`` of the same
+    lock interleaves with them.
+
+    TF 1.15's Keras runs a training step's variable updates as unordered parallel ops, so an
+    update made of several reads and writes (a layer shared by two branches updates twice a
+    step) needs a lock there; TF 2.x already runs stateful ops in program order.
+    """
+    if TF1:
+        return tf.CriticalSection().execute
+    return lambda fn: fn()
+
 
 def set_seed(seed: int) -> None:
     """Seeds TensorFlow's global random generator (ops created later derive from it)."""

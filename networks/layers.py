@@ -1,15 +1,20 @@
 """Layer settings and building blocks shared by the backbones: the reference
 networks all use he_normal kernels with L2 5e-4, and BatchNorm with momentum 0.99
-and epsilon 1e-3 after every convolution."""
+and epsilon 1e-3 after every convolution, whose moving statistics are updated as
+Keras 2.2.4 updates them (see ``BatchNormalization``)."""
 
 from typing import Optional
 
-from compat import keras
+import numpy as np
+
+from compat import K, constant_value, exclusive, keras, smart_cond, tf
 
 WEIGHT_DECAY = 5e-4
 KERNEL_INIT = 'he_normal'
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
+# Name under which each BatchNorm layer's debiasing state appears in checkpoints.
+DEBIAS_STATE = 'zero_debias'
 
 
 def scaled(channels: int, width: float) -> int:
@@ -26,10 +31,110 @@ def conv(x, filters: int, kernel_size: int, name: str, padding: str = 'same',
                                name=name + '_conv')(x)
 
 
+class DebiasState(tf.Module):
+    """What a zero-debiased moving average keeps besides its result: the number of
+    updates and the biased averages of the batch means and variances (all saved by
+    checkpoints), and a lock for updating them.
+
+    Args:
+        channels: the number of normalised channels.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        # Created through Keras' backend so that TF 1.15's Keras session initialises them.
+        self.count = K.variable(0, dtype='int64', name='count')
+        self.biased_mean = K.variable(np.zeros(channels, np.float32), name='biased_mean')
+        self.biased_variance = K.variable(np.zeros(channels, np.float32), name='biased_variance')
+        # Builds an update so that the other call of a shared layer cannot interleave with
+        # it; set past tf.Module's attribute tracking, as it is not state to save.
+        object.__setattr__(self, 'run_exclusive', exclusive())
+
+
+class BatchNormalization(keras.layers.BatchNormalization):
+    """Keras' BatchNormalization with the moving statistics of Keras 2.2.4.
+
+    Keras 2.2.4 on TensorFlow updates the moving mean and variance with
+    ``assign_moving_average(var, batch_stat, momentum, zero_debias=True)``: with
+    d = momentum, after t training calls
+
+        biased_t = d·biased_{t−1} + (1 − d)·x_t,  biased_0 = 0
+        moving_t = biased_t / (1 − d^t)
+
+    so the 0 / 1 initial values carry no weight, while tf.keras averages from them.
+    The variance x_t is the one Keras 2.2.4 fed in: the fused kernel's unbiased
+    batch variance times n / (n − 1 − epsilon), n values per channel (that layer
+    applied its own Bessel factor on top of the kernel's).
+
+    The forward pass is Keras' own fused one; only the update differs. The count
+    and the biased averages live in a ``DebiasState`` that checkpoints save under
+    ``DEBIAS_STATE`` but that is not among the layer's weights, so parameter counts
+    and model files are those of Keras' layer, and stock Keras loads a saved model
+    as its own BatchNormalization (the class name is the same for that reason).
+    Inference reads only the moving statistics, which hold the debiased values.
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if not self.fused:
+            raise ValueError('%s normalises NHWC feature maps on their last axis only' % self.name)
+        state = DebiasState(int(self.moving_mean.shape[0]))
+        # Set past Keras' attribute tracking, which would count the state as weights.
+        object.__setattr__(self, 'debias', state)
+        self._track_trackable(state, name=DEBIAS_STATE)  # pylint: disable=protected-access
+
+    def call(self, inputs, training=None):  # pylint: disable=arguments-differ
+        training = self._get_training_value(training)  # pylint: disable=protected-access
+        inference = super().call
+        if constant_value(training) is False:
+            return inference(inputs, training=False)
+
+        def train():
+            return tf.compat.v1.nn.fused_batch_norm(
+                inputs, self.gamma if self.scale else tf.ones_like(self.moving_mean),
+                self.beta if self.center else tf.zeros_like(self.moving_mean),
+                epsilon=self.epsilon, is_training=True)
+
+        def infer():  # only built where ``training`` is a tensor (TF 1.15's learning phase)
+            return (inference(inputs, training=False), tf.identity(self.moving_mean),
+                    tf.identity(self.moving_variance))
+
+        outputs, mean, variance = smart_cond(training, train, infer)
+        n = tf.size(inputs) // tf.size(mean)
+        self.add_update(lambda: smart_cond(
+            training, lambda: self.debias.run_exclusive(lambda: self._update(mean, variance, n)),
+            lambda: tf.constant(0, tf.int64)))
+        return outputs
+
+    def _update(self, mean, variance, n):
+        """One zero-debiased moving-average step, written as TensorFlow's
+        ``assign_moving_average`` writes it; returns the new count."""
+        state = self.debias
+        n = tf.cast(n, tf.float32)
+        variance = variance * (n / (n - (1.0 + self.epsilon)))
+        decay = tf.constant(1.0 - self.momentum, tf.float32)
+        count = state.count.assign_add(1)
+        bias = 1.0 - tf.pow(1.0 - decay, tf.cast(count, tf.float32))
+        updates = []
+        for biased, moving, value in ((state.biased_mean, self.moving_mean, mean),
+                                      (state.biased_variance, self.moving_variance, variance)):
+            average = biased.assign_sub((biased - value) * decay)
+            updates.append(moving.assign(average / bias))
+        with tf.control_dependencies(updates):
+            return tf.identity(count)
+
+
+def has_debiased_batchnorm(model) -> bool:
+    """Whether ``model``, or a model nested in it, has a ``BatchNormalization`` of this module."""
+    return any(isinstance(layer, BatchNormalization)
+               or (isinstance(layer, keras.Model) and has_debiased_batchnorm(layer))
+               for layer in model.layers)
+
+
 def bn_act(x, name: str, leaky_alpha: Optional[float] = None):
     """BatchNorm then ReLU, or LeakyReLU(leaky_alpha) when given."""
-    x = keras.layers.BatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                        name=name + '_bn')(x)
+    x = BatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                           name=name + '_bn')(x)
     if leaky_alpha is None:
         return keras.layers.Activation('relu', name=name + '_relu')(x)
     return keras.layers.LeakyReLU(alpha=leaky_alpha, name=name + '_lrelu')(x)
