@@ -79,13 +79,13 @@ def test_verbose_environment_variable_shows_tensorflow_start_up():
 
 
 def test_verbose_flag_sets_the_environment_for_tensorflow(monkeypatch):
-    monkeypatch.delenv(cli.VERBOSE_ENV, raising=False)
+    monkeypatch.setenv(cli.VERBOSE_ENV, '0')  # restored after the test, unlike a delenv of nothing
 
     def define(fv):
         pass
 
-    cli.parse_flags(define, ['tool'])
-    assert cli.VERBOSE_ENV not in os.environ
+    fv, _ = cli.parse_flags(define, ['tool'])
+    assert not fv.verbose and os.environ[cli.VERBOSE_ENV] == '0'
     fv, _ = cli.parse_flags(define, ['tool', '--verbose'])
     assert fv.verbose and os.environ[cli.VERBOSE_ENV] == '1'
 
