@@ -1,13 +1,17 @@
-# make demo   - set up .venv and Fashion-MNIST, train SESEMI and the supervised baseline, compare
-# make test   - run the test suite under both TensorFlow generations
-# make setup  - build .venv (Python 3.11, TF 2.x) and .venv-tf1 (Python 3.7, TF 1.15)
+# make demo       - set up .venv and Fashion-MNIST, train SESEMI and the supervised baseline, compare
+# make test       - run the test suite under both TensorFlow generations
+# make setup      - build .venv (Python 3.11, TF 2.x) and .venv-tf1 (Python 3.7, TF 1.15)
+# make setup-gpu  - build .venv-gpu (Python 3.11, TF 2.x with pip's CUDA 12 libraries, for NVIDIA GPUs);
+#                   then VENV=.venv-gpu makes test, test-tf2 and demo use it
 SHELL := /bin/bash
 PYTHON3 ?= python3.11
+# The TF 2.x venv that test-tf2 and demo run in: .venv (CPU) or .venv-gpu.
+VENV ?= .venv
 PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYTHON37 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.7*/bin/python3.7) $(shell command -v python3.7 2>/dev/null))
 PYTEST_ARGS ?= -q
 
-.PHONY: setup test test-tf2 test-tf1 demo fashion-mnist tcmalloc clean
+.PHONY: setup setup-gpu test test-tf2 test-tf1 demo fashion-mnist tcmalloc clean
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 # Recipes that start TensorFlow run it with tcmalloc preloaded when it is installed.
@@ -15,24 +19,35 @@ WITH_MALLOC := source test/malloc.sh &&
 
 setup: .venv/.done .venv-tf1/.done tcmalloc
 
-.venv/.done: requirements.txt requirements-dev.txt
-	$(PYTHON3) -m venv .venv
-	.venv/bin/pip install -q -r requirements.txt -r requirements-dev.txt
+# The GPU build of TF 2.x gets a venv of its own: tensorflow-cpu, in .venv, installs the
+# same `tensorflow` package, and the two wheels would overwrite each other's files.
+setup-gpu: .venv-gpu/.done tcmalloc
+
+# $(call make_venv,PYTHON): builds the venv holding the target with PYTHON and installs
+# the requirement files the target depends on into it.
+define make_venv
+	$(1) -m venv $(@D)
+	$(@D)/bin/pip install -q $(addprefix -r ,$^)
 	touch $@
+endef
+
+.venv/.done: requirements.txt requirements-dev.txt
+	$(call make_venv,$(PYTHON3))
+
+.venv-gpu/.done: requirements-gpu.txt requirements-dev.txt
+	$(call make_venv,$(PYTHON3))
 
 .venv-tf1/.done: requirements.txt requirements-dev.txt
 	@if [ -z "$(PYTHON37)" ]; then echo "Python 3.7 not found (install it with pyenv: pyenv install 3.7.16)"; exit 1; fi
-	$(PYTHON37) -m venv .venv-tf1
-	.venv-tf1/bin/pip install -q -r requirements.txt -r requirements-dev.txt
-	touch $@
+	$(call make_venv,$(PYTHON37))
 
 # The two suites run side by side (each prints when it is done): most of their time is
 # single-threaded start-up of the many short training runs they make.
 test: tcmalloc
 	$(MAKE) -j2 --output-sync=target test-tf2 test-tf1
 
-test-tf2: .venv/.done tcmalloc
-	$(WITH_MALLOC) .venv/bin/python -m pytest $(PYTEST_ARGS) tests
+test-tf2: $(VENV)/.done tcmalloc
+	$(WITH_MALLOC) $(VENV)/bin/python -m pytest $(PYTEST_ARGS) tests
 
 test-tf1:
 	@if [ -z "$(PYTHON37)" ] && [ "$$CI" != "true" ]; then \
@@ -41,8 +56,8 @@ test-tf1:
 		$(MAKE) .venv-tf1/.done tcmalloc && $(WITH_MALLOC) .venv-tf1/bin/python -m pytest $(PYTEST_ARGS) tests; \
 	fi
 
-demo: .venv/.done fashion-mnist tcmalloc
-	$(WITH_MALLOC) .venv/bin/python demo.py $(DEMO_ARGS)
+demo: $(VENV)/.done fashion-mnist tcmalloc
+	$(WITH_MALLOC) $(VENV)/bin/python demo.py $(DEMO_ARGS)
 
 # Debian ships Fashion-MNIST as a package; elsewhere demo.py says which files to put where.
 fashion-mnist:
@@ -69,4 +84,4 @@ tcmalloc:
 	fi
 
 clean:
-	rm -rf .venv .venv-tf1 .pytest_cache
+	rm -rf .venv .venv-tf1 .venv-gpu .pytest_cache

@@ -14,14 +14,18 @@ from absl import flags
 from utils import UsageError
 
 HELP_ARGS = ('-h', '-help', '--help', '--helpfull', '-?')
+# Read by compat when it imports TensorFlow: set, TensorFlow's console output is left as is.
+VERBOSE_ENV = 'SESEMI_VERBOSE'
 
 
 def parse_flags(define: Callable[[flags.FlagValues], None],
                 argv: List[str]) -> Tuple[flags.FlagValues, List[str]]:
     """Defines flags with ``define`` on a fresh FlagValues and parses ``argv``.
 
-    With -h/--help/--helpfull anywhere, prints the calling tool's docstring and its
-    flags, and exits with code 0.
+    Every tool also gets ``--verbose``: when given, it sets ``SESEMI_VERBOSE=1`` so
+    that TensorFlow, imported later through compat, prints its start-up lines and
+    warnings. With -h/--help/--helpfull anywhere, prints the calling tool's
+    docstring and its flags, and exits with code 0.
 
     Returns:
         (the parsed FlagValues, the arguments that are not flags, argv[0] excluded).
@@ -31,6 +35,8 @@ def parse_flags(define: Callable[[flags.FlagValues], None],
     """
     fv = flags.FlagValues()
     define(fv)
+    flags.DEFINE_boolean('verbose', False, 'Show TensorFlow\'s start-up lines and warnings '
+                         '(hidden by default; also set by %s=1).' % VERBOSE_ENV, flag_values=fv)
     if any(arg in HELP_ARGS for arg in argv[1:]):
         print('%s\n\nFlags:\n%s' % ((sys.modules[define.__module__].__doc__ or '').strip(),
                                    fv.get_help()))
@@ -40,6 +46,8 @@ def parse_flags(define: Callable[[flags.FlagValues], None],
         fv.validate_all_flags()
     except flags.Error as err:
         raise UsageError(str(err).splitlines()[0])
+    if fv.verbose:
+        os.environ[VERBOSE_ENV] = '1'
     return fv, positional[1:]
 
 

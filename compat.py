@@ -9,11 +9,24 @@ On TF 2.x, Keras 3 is not ``tf.keras``-compatible with this code, so the legacy
 TensorFlow is first imported. On TF 1.15 ``tf.keras`` is already Keras 2.
 
 Importing it also tunes glibc's allocator for TensorFlow on CPU (see
-``keep_freed_memory``), before TensorFlow allocates anything.
+``keep_freed_memory``), before TensorFlow allocates anything, and keeps
+TensorFlow's start-up chatter off the console: the lines its C++ runtime writes
+before its logging is initialised (the oneDNN notice, "Could not find cuda
+drivers", the ``cuInit`` error of a host without a GPU) ignore
+``TF_CPP_MIN_LOG_LEVEL``, so stderr is set aside while TensorFlow loads and
+probes for GPUs, and shown again only if that fails. TensorFlow's Python
+warnings (TF 1.15's deprecation notices among them) are limited to errors.
+With ``SESEMI_VERBOSE=1`` in the environment (what every tool's ``--verbose``
+sets before TensorFlow loads) all of it is printed as TensorFlow prints it.
 """
 
+import contextlib
 import ctypes
 import os
+import sys
+import tempfile
+
+from cli import VERBOSE_ENV
 
 
 def keep_freed_memory(pad_bytes: int = 64 << 20) -> bool:
@@ -33,17 +46,54 @@ def keep_freed_memory(pad_bytes: int = 64 << 20) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def stderr_set_aside(hide: bool = True):
+    """Sends everything written to file descriptor 2 (C++ and Python alike) to a
+    temporary file while the block runs; if the block raises, what was written is
+    printed to stderr before the exception goes on. A no-op when ``hide`` is False
+    or descriptor 2 cannot be duplicated."""
+    try:
+        saved = os.dup(2) if hide else None
+    except OSError:  # no stderr at all: nothing to hide
+        saved = None
+    if saved is None:
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)  # restored before any error of the program itself is printed
+            os.close(saved)
+            if failed:
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode('utf-8', 'replace'))
+                sys.stderr.flush()
+
+
+VERBOSE = os.environ.get(VERBOSE_ENV, '') not in ('', '0')
+
 keep_freed_memory()
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+if not VERBOSE:
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import tensorflow as tf  # noqa: E402
+with stderr_set_aside(hide=not VERBOSE):
+    import tensorflow as tf  # noqa: E402
+    # The first look for GPUs initialises CUDA, which logs an error on hosts without one;
+    # later looks (device.py's) reuse the result and print nothing.
+    tf.config.experimental.list_physical_devices('GPU')
 
 TF1 = tf.__version__.startswith('1.')
 
-if TF1:
-    tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
-else:
+if not VERBOSE and TF1:
+    tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)  # hides deprecation notices
+elif not VERBOSE:
     tf.get_logger().setLevel('ERROR')
 
 keras = tf.keras

@@ -18,6 +18,7 @@ loads; ``load_model`` also loads the Keras model.
 
 import json
 import os
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -177,9 +178,14 @@ def save_model(path: str, model, preprocessing: Preprocessing) -> None:
         preprocessing: what turns [0, 1] images into the model's inputs.
     """
     import h5py
+    from compat import VERBOSE
     tmp = '%s.tmp%d.h5' % (os.path.splitext(path)[0], os.getpid())
     try:
-        model.save(tmp, include_optimizer=False)
+        with warnings.catch_warnings():
+            if not VERBOSE:  # HDF5 is the format stock Keras and Ascend's tools read
+                warnings.filterwarnings('ignore', 'You are saving your model as an HDF5 file',
+                                        UserWarning)
+            model.save(tmp, include_optimizer=False)
         with h5py.File(tmp, 'a') as f:
             preprocessing.write(f.create_group(GROUP))
         os.replace(tmp, path)

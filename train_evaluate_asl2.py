@@ -148,11 +148,21 @@ def preprocess(x_train: np.ndarray, x_test: np.ndarray, zca: bool):
 
 
 class Training:
-    """One training run: the data, the models and the schedule, built from a config."""
+    """One training run: the data, the models and the schedule, built from a config.
+
+    The constructor checks the flags against the data and plans the steps without
+    TensorFlow, so that bad input is reported before TensorFlow loads; ``build``
+    then makes the models.
+    """
 
     def __init__(self, cfg: dict, train, test):
+        """Draws the labeled split and sizes the run.
+
+        Raises:
+            UsageError: --labels impossible for the training set, or --batch_size
+                larger than the pool.
+        """
         import utils
-        from compat import keras, set_seed
         self.cfg = cfg
         info = dataset.get(cfg['data'])
         (x_train, y_train), (self.x_test, self.y_test) = train, test
@@ -173,6 +183,11 @@ class Training:
         self.x_train, self.y_train, self.labeled = x_train, y_train, labeled
         self.info = info
 
+    def build(self) -> None:
+        """Builds and compiles the models (after the device is configured)."""
+        import utils
+        from compat import keras, set_seed
+        cfg, info = self.cfg, self.info
         cfg.update(execution.configure(cfg, cfg['device'], self.steps_per_epoch))
         set_seed(cfg['seed'])
         trunk = networks.get(cfg['network'])(info.shape, cfg['in_network_dropout'], cfg['width'])
@@ -394,12 +409,14 @@ def run(argv: List[str]) -> int:
     if cfg['gpu_id'] is not None:
         os.environ['CUDA_VISIBLE_DEVICES'] = cfg['gpu_id']
     train, test = dataset.load(cfg['data'], cfg['dataset'])
+    training = Training(cfg, train, test)
     if not cfg['dry_run']:
         prepare_result_folder(cfg['result'])
         if cfg['resume']:
             check_saved_run(cfg)  # the flags, before TensorFlow loads
         else:
             check_no_earlier_run(cfg)
+    # Every check of the input is done: TensorFlow loads only now.
     execution.prepare_environment(cfg)
     from compat import make_deterministic, tf
     if cfg['deterministic']:
@@ -407,7 +424,7 @@ def run(argv: List[str]) -> int:
     cfg.update(device.configure(cfg))
     if cfg['resume'] and not cfg['dry_run']:
         check_saved_run(cfg)  # again with what configure resolved: the precision in effect
-    training = Training(cfg, train, test)
+    training.build()
     cfg['tf_version'] = tf.__version__
     print('Configuration:\n' + json.dumps(cfg, indent=2, sort_keys=True), flush=True)
     print('Labeled images %d, steps per epoch %d, epochs %d, total steps %d'

@@ -306,6 +306,15 @@ def test_bad_input_is_found_before_tensorflow_loads(runs, tmp_path):
     assert len(proc.stderr.splitlines()) == 2, proc.stderr
 
 
+def test_command_lines_print_nothing_on_stderr(runs, tmp_path):
+    fashion = runs['fashion_mnist']
+    for script, args in (('evaluate.py', ['--dataset=' + fashion.folder,
+                                          '--output=' + str(tmp_path / 'evaluation.json')]),
+                         ('export.py', ['--output=' + str(tmp_path / 'export')])):
+        proc = cli(script, ['--model=' + fashion.model] + args)
+        assert proc.returncode == 0 and proc.stderr == '', (script, proc.stderr[-3000:])
+
+
 @pytest.mark.parametrize('script', ['evaluate.py', 'predict.py', 'export.py'])
 def test_command_line_bad_model_exits_2_without_traceback(tmp_path, script):
     images = ['--images=' + str(tmp_path)] if script == 'predict.py' else []

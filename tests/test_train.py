@@ -28,6 +28,7 @@ def test_training_leaves_every_result_file(tiny_cifar10, tmp_path, mode):
     proc = run_cli(['--data=cifar10', '--dataset=' + tiny_cifar10, '--mode=' + mode,
                     '--result=' + result, '--eval_every=1'] + TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ''  # TensorFlow's start-up lines and warnings are hidden
     assert set(os.listdir(result)) >= {'args.json', 'split.json', 'metrics.jsonl', 'result.json',
                                         'model.h5', 'train.log', 'tensorboard', 'checkpoints'}
     assert any(n.startswith('events.out.tfevents') for n in os.listdir(os.path.join(result, 'tensorboard')))
