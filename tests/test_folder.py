@@ -261,6 +261,8 @@ def test_bad_flags_for_folder_data(capsys, image_root, tmp_path):
     expect_usage_error(capsys, base + ['--image_size=4'], '--image_size=4', '8 or more')
     expect_usage_error(capsys, base + ['--test_fraction=1.5'], '--test_fraction=1.5')
     expect_usage_error(capsys, base + ['--labels=3'], '--labels=3', 'multiple of the 2 classes')
+    for i in range(3):  # class b: 34 files, 31 for training; class a: 27
+        _png(os.path.join(image_root, 'labeled', 'b', 'extra%d.png' % i), i)
     expect_usage_error(capsys, base + ['--labels=56'], 'class 0 has only 27', 'lower --labels')
     expect_usage_error(capsys, ['--data=folder', '--result=' + result], '--dataset=ROOT')
     assert not os.path.exists(result)
