@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from checkpoints import write_atomic
 from dataset import images as image_io
 
 VERSION = 1
@@ -161,7 +162,7 @@ def decode(paths: Sequence[str], size: int, folder: Optional[str] = None,
                     bad_entries[path] = key + [reasons[path]]
                     entries.pop(path, None)
             index['rows'] = rows + len(pixels)
-            _write_index(index_path, index)
+            write_atomic(index_path, json.dumps(index, separators=(',', ':')))
         seconds = time.time() - start
 
     ok = np.array([p in entries for p in paths], bool)
@@ -203,19 +204,6 @@ def _read_index(path: str, size: int) -> Dict:
     except (OSError, ValueError):
         pass
     return empty
-
-
-def _write_index(path: str, index: Dict) -> None:
-    tmp = '%s.tmp%d' % (path, os.getpid())
-    try:
-        with open(tmp, 'w') as f:
-            json.dump(index, f, separators=(',', ':'))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def cached_paths(folder: str, size: int) -> List[str]:

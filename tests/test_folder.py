@@ -118,6 +118,30 @@ def test_cache_decodes_once_and_notices_edits(tmp_path):
     assert np.array_equal(memory.pixels, edited.pixels) and memory.ok.tolist() == edited.ok.tolist()
 
 
+def test_decoding_progress_is_a_bar_on_a_terminal_and_lines_otherwise():
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    lines = io.StringIO()
+    progress = image_cache.Progress(20000, stream=lines)
+    for _ in range(20000):
+        progress.update()
+    assert lines.getvalue().count('\n') == 10 and 'decoding images: 20000/20000' in lines.getvalue()
+    small = io.StringIO()
+    for _ in range(50):  # a small set: no lines, the summary after decoding suffices
+        image_cache.Progress(50, stream=small).update()
+    assert small.getvalue() == ''
+    terminal = Terminal()
+    progress = image_cache.Progress(3, stream=terminal)
+    for _ in range(3):
+        progress.update()
+    text = terminal.getvalue()
+    assert text.startswith('\rdecoding images [') and '3/3' in text and text.endswith('\n')
+
+
 def test_cache_survives_rows_left_by_a_killed_run(tmp_path):
     paths = [tmp_path / ('%d.png' % i) for i in range(2)]
     for i, p in enumerate(paths):
@@ -129,6 +153,28 @@ def test_cache_survives_rows_left_by_a_killed_run(tmp_path):
     both = image_cache.decode([str(p) for p in paths], 8, cache, progress=False)
     assert both.decoded == 1 and [p[0, 0, 0] for p in both.pixels] == [50, 51]
     assert os.path.getsize(os.path.join(cache, 'images-8.u8')) == 2 * 8 * 8 * 3
+
+
+# ------------------------------------------------------------ input pipeline
+
+def test_pipeline_converts_uint8_images_as_the_float_path_does():
+    import model_io
+    import utils
+    from conftest import class_images, take
+    labels = np.arange(12) % 2
+    raw = class_images(labels, size=8, channels=3)
+    prep = model_io.Preprocessing('folder', 2, (8, 8, 3), ('a', 'b'), True, 0, resize='crop')
+    one_hot = np.eye(2, dtype=np.float32)[labels]
+    sampler = utils.BatchSampler(np.arange(6), np.arange(12), 4, 2, seed=0)
+    floats = take(utils.make_dataset(prep.apply(dataset.to_unit_float(raw)), one_hot, sampler, 3,
+                                     True), 2)
+    converted = take(utils.make_dataset(raw, one_hot, sampler, 3, True, convert=prep.apply_tf), 2)
+    for (inputs, targets), (inputs2, targets2) in zip(floats, converted):
+        assert sorted(inputs) == sorted(inputs2) == ['self_data', 'super_data']
+        for key in inputs:
+            np.testing.assert_allclose(inputs2[key], inputs[key], atol=2e-4)
+            np.testing.assert_array_equal(targets2[key.replace('data', 'clf')],
+                                          targets[key.replace('data', 'clf')])
 
 
 # ------------------------------------------------------------ layout and split
