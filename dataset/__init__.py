@@ -286,8 +286,10 @@ def describe(name: str, root: Optional[str] = None,
         name: one of the keys of ``DATASETS``.
         root: the dataset folder (None: ``default_dir``).
         options: the run's flags; used are ``zca`` and ``hflip`` (None: the
-            dataset's default) and, for folder data, ``image_size``,
-            ``test_fraction`` and ``labels`` (checked against the class sizes).
+            dataset's default), ``image_size`` (must be the benchmark datasets'
+            32) and, for folder data, ``test_fraction``, ``labels`` (checked
+            against the class sizes) and ``mode`` (unlabeled/ is read in sesemi
+            mode only).
 
     Raises:
         UsageError: unknown name; for folder data a bad layout, image size or
@@ -298,11 +300,16 @@ def describe(name: str, root: Optional[str] = None,
         info = info._replace(zca=bool(options['zca']))
     if options.get('hflip') is not None:
         info = info._replace(hflip=bool(options['hflip']))
-    if info.loader is not None:
-        return info
     size = int(options.get('image_size') or info.shape[0])
+    if info.loader is not None:
+        if size != info.shape[0]:
+            raise UsageError('--image_size=%d: %s images are %dx%d; --image_size applies to '
+                             '--data=folder' % (size, name, info.shape[0], info.shape[1]))
+        return info
     folder.check_image_size(size)
     layout = folder.scan(root or info.default_dir, float(options.get('test_fraction', 0.1)))
+    if options.get('mode', 'sesemi') != 'sesemi':  # only the proxy task's pool uses unlabeled/
+        layout = layout._replace(unlabeled=[])
     if options.get('labels') is not None:  # checked on the files now, before any is decoded
         labeled_indices(np.array([c for _, c in layout.train]), int(options['labels']),
                         len(layout.class_names))
