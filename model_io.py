@@ -9,8 +9,8 @@ what a model alone needs for predict, evaluate and export:
               the run; keys the dense test views), pad (zero border the dataset adds
               around its source images, 2 for Fashion-MNIST's 28×28, else 0), resize
               (how an image of another size is brought to H×W: 'stretch', or 'crop'
-              for image folders; see dataset/images.py, which also composites
-              transparent images on black)
+              for image folders), alpha ('black': transparent pixels are composited
+              on black); see dataset/images.py
     datasets  zca_mean (D,), zca_matrix (D×D), D = H·W·C, present when zca
 
 Keras' own loader ignores the extra group, so ``keras.models.load_model`` still
@@ -27,7 +27,7 @@ import numpy as np
 
 import dataset
 from dataset import fashion_mnist
-from dataset.images import RESIZE_RULES
+from dataset.images import ALPHA_RULE, RESIZE_RULES
 from utils import ZCA, UsageError, global_contrast_normalize
 
 GROUP = 'sesemi'
@@ -121,7 +121,7 @@ class Preprocessing:
         return {'data': self.data, 'n_classes': self.n_classes,
                 'input_shape': list(self.input_shape), 'class_names': list(self.class_names),
                 'gcn_scale': self.gcn_scale, 'zca': self.zca is not None, 'hflip': self.hflip,
-                'seed': self.seed, 'pad': self.pad, 'resize': self.resize}
+                'seed': self.seed, 'pad': self.pad, 'resize': self.resize, 'alpha': ALPHA_RULE}
 
     def write(self, group) -> None:
         """Stores the preprocessing in an h5py group."""
@@ -137,6 +137,7 @@ class Preprocessing:
         attrs['seed'] = self.seed
         attrs['pad'] = self.pad
         attrs['resize'] = self.resize
+        attrs['alpha'] = ALPHA_RULE
         if self.zca is not None:
             group.create_dataset('zca_mean', data=self.zca.mean)
             group.create_dataset('zca_matrix', data=self.zca.matrix)
@@ -158,6 +159,8 @@ class Preprocessing:
         if len(shape) != 3 or min(shape) < 1 or len(names) != n_classes:
             raise ValueError('input_shape %s or %d class names for %d classes'
                              % (shape, len(names), n_classes))
+        if _text(attrs.get('alpha', ALPHA_RULE)) != ALPHA_RULE:
+            raise ValueError('alpha rule %r, this code knows %r' % (_text(attrs['alpha']), ALPHA_RULE))
         zca = None
         if bool(attrs['zca']):
             size = int(np.prod(shape))

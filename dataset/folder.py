@@ -231,10 +231,11 @@ def load(layout: Layout, size: int, cache: Optional[str], progress: bool = True)
     # Labeled training files, then unlabeled, then test: the training set is one slice.
     paths = [p for p, _ in layout.train] + layout.unlabeled + [p for p, _ in layout.test]
     created = _first_missing(cache) if cache else None
-    print('Image folder %s: %d classes, %d labeled training, %d %s test and %d unlabeled image '
-          'files%s' % (layout.root, len(layout.class_names), len(layout.train), len(layout.test),
-                       'held-out' if layout.held_out else 'test/', len(layout.unlabeled),
-                       '; %d other files ignored' % layout.ignored if layout.ignored else ''))
+    print('Image folder %s: %d classes; image files: %d labeled for training, %d for testing '
+          '(%s), %d unlabeled%s' % (
+              layout.root, len(layout.class_names), len(layout.train), len(layout.test),
+              'held out of labeled/' if layout.held_out else 'test/', len(layout.unlabeled),
+              '; %d other files ignored' % layout.ignored if layout.ignored else ''))
     try:
         decoded = image_cache.decode([os.path.join(layout.root, p) for p in paths], size, cache,
                                      progress)

@@ -21,6 +21,7 @@ from PIL import Image
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
 RESIZE_RULES = ('stretch', 'crop')
+ALPHA_RULE = 'black'  # what transparent pixels become (the model file records it)
 GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')
 
 # What Pillow raises for a truncated, damaged or foreign file.

@@ -403,7 +403,8 @@ def test_model_tools_work_on_a_folder_model(trained, tmp_path):
     proc = run_tool('export.py', ['--model=' + model_path, '--output=' + str(tmp_path / 'export')])
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(str(tmp_path / 'export' / 'serving.json')) as f:
-        assert json.load(f)['preprocessing']['resize'] == 'crop'
+        described = json.load(f)['preprocessing']
+    assert described['resize'] == 'crop' and described['alpha'] == 'black'
 
 
 @pytest.mark.slow
