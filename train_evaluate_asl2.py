@@ -30,6 +30,7 @@ from utils import MODES, UsageError
 
 IMAGES_PER_LABELED_STEP = 6  # the labeled branch takes batch_size × 6 images
 SKIPPED_FILE = 'skipped_images.txt'  # image files that could not be decoded, one per line
+GRAPH_CONSTANT_LIMIT = 2 ** 31  # bytes; TF 1.15 keeps the training set in its GraphDef
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -458,7 +459,11 @@ def run(argv: List[str]) -> int:
     if not cfg['dry_run']:
         prepare_result_folder(cfg['result'])
     execution.prepare_environment(cfg)
-    from compat import make_deterministic, tf
+    from compat import TF1, make_deterministic, tf
+    if TF1 and data.train[0].nbytes >= GRAPH_CONSTANT_LIMIT:
+        raise UsageError('the %d training images take %.1f GB, more than a TensorFlow 1.15 graph '
+                         'can hold (2 GB); train with TensorFlow 2 (.venv), a smaller --image_size '
+                         'or fewer images' % (len(data.train[0]), data.train[0].nbytes / 1e9))
     if cfg['deterministic']:
         make_deterministic()
     cfg.update(device.configure(cfg))

@@ -12,7 +12,7 @@ foreign file, mismatched counts and out-of-range labels each raise
 ``utils.UsageError`` with one line that names the file and points to
 ``dataset/dataset.txt``, which says where each dataset comes from.
 
-This package is pure numpy/scipy; it does not import TensorFlow.
+This package is pure numpy, scipy and Pillow; it does not import TensorFlow.
 """
 
 import os

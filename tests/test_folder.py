@@ -315,6 +315,18 @@ def test_bad_flags_for_folder_data(capsys, image_root, tmp_path):
     assert not os.path.exists(result)
 
 
+def test_tf1_refuses_a_training_set_over_its_graph_limit(capsys, monkeypatch, image_root, tmp_path):
+    import train_evaluate_asl2 as entry
+    from compat import TF1
+    monkeypatch.setattr(entry, 'GRAPH_CONSTANT_LIMIT', 1000)  # bytes: the tiny set is larger
+    os.remove(os.path.join(image_root, 'labeled', 'b', 'broken.png'))  # no warning line
+    argv = ['--data=folder', '--dataset=' + image_root, '--mode=sesemi', '--dry_run'] + TINY
+    if TF1:
+        expect_usage_error(capsys, argv, 'TensorFlow 1.15', 'TensorFlow 2')
+    else:  # TF 2 holds the images outside any GraphDef
+        assert entry.main(['train_evaluate_asl2.py'] + argv) == 0
+
+
 # ------------------------------------------------------------ end to end
 
 def run_tool(script, args):
