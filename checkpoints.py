@@ -20,7 +20,8 @@ from utils import UsageError
 
 # Flags whose change makes a saved run a different run.
 RUN_DEFINING = ('data', 'network', 'labels', 'mode', 'batch_size', 'epochs', 'seed', 'width',
-                'base_lr', 'lr_decay_power', 'max_steps', 'super_dropout',
+                'base_lr', 'lr_decay_power', 'max_steps', 'super_dropout', 'image_size', 'hflip',
+                'zca', 'test_fraction',
                 'precision')  # the precision in effect: float32, mixed_bfloat16, an NPU mode
 
 # Fault injection for the crash tests: SESEMI_FAULT=<point>:<step> kills the

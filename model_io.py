@@ -7,7 +7,10 @@ what a model alone needs for predict, evaluate and export:
     attrs     format_version, data (dataset name), n_classes, input_shape (H, W, C),
               class_names (JSON list), gcn_scale, zca (bool), hflip (bool), seed (of
               the run; keys the dense test views), pad (zero border the dataset adds
-              around its source images, 2 for Fashion-MNIST's 28×28, else 0)
+              around its source images, 2 for Fashion-MNIST's 28×28, else 0), resize
+              (how an image of another size is brought to H×W: 'stretch', or 'crop'
+              for image folders), alpha ('black': transparent pixels are composited
+              on black); see dataset/images.py
     datasets  zca_mean (D,), zca_matrix (D×D), D = H·W·C, present when zca
 
 Keras' own loader ignores the extra group, so ``keras.models.load_model`` still
@@ -25,10 +28,13 @@ import numpy as np
 
 import dataset
 from dataset import fashion_mnist
+from dataset.images import ALPHA_RULE, RESIZE_RULES
 from utils import ZCA, UsageError, global_contrast_normalize
 
 GROUP = 'sesemi'
-FORMAT_VERSION = 1
+# Version 2 added 'resize' (absent means 'stretch'). Files of 'stretch' models are still
+# written as version 1, which earlier code reads correctly; 'crop' models need version 2.
+FORMAT_VERSION = 2
 GCN_SCALE = 55.0  # the reference's global contrast normalisation scale
 GCN_EPS = 1e-10
 PAD = {'fashion_mnist': fashion_mnist.PAD}  # datasets stored with a zero border
@@ -48,11 +54,12 @@ class Preprocessing:
         zca: the ZCA fitted on the training set, or None.
         gcn_scale: the L2 norm GCN gives each image.
         pad: the zero border around the dataset's source images (pixels per side).
+        resize: the resize rule of ``dataset.images`` for images of another size.
     """
 
     def __init__(self, data: str, n_classes: int, input_shape: Sequence[int],
                  class_names: Sequence[str], hflip: bool, seed: int, zca: Optional[ZCA] = None,
-                 gcn_scale: float = GCN_SCALE, pad: int = 0):
+                 gcn_scale: float = GCN_SCALE, pad: int = 0, resize: str = 'stretch'):
         self.data = data
         self.n_classes = int(n_classes)
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -62,21 +69,24 @@ class Preprocessing:
         self.zca = zca
         self.gcn_scale = float(gcn_scale)
         self.pad = int(pad)
+        if resize not in RESIZE_RULES:
+            raise ValueError('resize rule %r, expected one of %s' % (resize, RESIZE_RULES))
+        self.resize = resize
 
     @classmethod
-    def for_dataset(cls, name: str, zca: Optional[ZCA], seed: int) -> 'Preprocessing':
-        """The preprocessing of a training run on dataset ``name``.
+    def for_dataset(cls, info: 'dataset.DatasetInfo', zca: Optional[ZCA],
+                    seed: int) -> 'Preprocessing':
+        """The preprocessing of a training run.
 
         Args:
-            name: a ``dataset.DATASETS`` key.
-            zca: the whitening fitted on the run's training set (None if the dataset has none).
+            info: the run's dataset description (``dataset.describe``, ``dataset.load_run``).
+            zca: the whitening fitted on the run's training set (None if the run has none).
             seed: the run's seed.
         """
-        info = dataset.get(name)
         if info.zca != (zca is not None):
-            raise ValueError('dataset %s %s ZCA' % (name, 'needs' if info.zca else 'has no'))
-        return cls(name, info.n_classes, info.shape, info.class_names, info.hflip, seed, zca,
-                   GCN_SCALE, PAD.get(name, 0))
+            raise ValueError('dataset %s %s ZCA' % (info.name, 'needs' if info.zca else 'has no'))
+        return cls(info.name, info.n_classes, info.shape, info.class_names, info.hflip, seed, zca,
+                   GCN_SCALE, PAD.get(info.name, 0), info.resize)
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Model input from N×H×W×C images in [0, 1]: GCN, then ZCA if the model has one.
@@ -112,12 +122,12 @@ class Preprocessing:
         return {'data': self.data, 'n_classes': self.n_classes,
                 'input_shape': list(self.input_shape), 'class_names': list(self.class_names),
                 'gcn_scale': self.gcn_scale, 'zca': self.zca is not None, 'hflip': self.hflip,
-                'seed': self.seed, 'pad': self.pad}
+                'seed': self.seed, 'pad': self.pad, 'resize': self.resize, 'alpha': ALPHA_RULE}
 
     def write(self, group) -> None:
         """Stores the preprocessing in an h5py group."""
         attrs = group.attrs
-        attrs['format_version'] = FORMAT_VERSION
+        attrs['format_version'] = FORMAT_VERSION if self.resize != 'stretch' else 1
         attrs['data'] = self.data
         attrs['n_classes'] = self.n_classes
         attrs['input_shape'] = np.asarray(self.input_shape, np.int64)
@@ -127,6 +137,8 @@ class Preprocessing:
         attrs['hflip'] = np.bool_(self.hflip)
         attrs['seed'] = self.seed
         attrs['pad'] = self.pad
+        attrs['resize'] = self.resize
+        attrs['alpha'] = ALPHA_RULE
         if self.zca is not None:
             group.create_dataset('zca_mean', data=self.zca.mean)
             group.create_dataset('zca_matrix', data=self.zca.matrix)
@@ -148,6 +160,8 @@ class Preprocessing:
         if len(shape) != 3 or min(shape) < 1 or len(names) != n_classes:
             raise ValueError('input_shape %s or %d class names for %d classes'
                              % (shape, len(names), n_classes))
+        if _text(attrs.get('alpha', ALPHA_RULE)) != ALPHA_RULE:
+            raise ValueError('alpha rule %r, this code knows %r' % (_text(attrs['alpha']), ALPHA_RULE))
         zca = None
         if bool(attrs['zca']):
             size = int(np.prod(shape))
@@ -157,7 +171,8 @@ class Preprocessing:
                                  % (mean.shape, matrix.shape, size))
             zca = ZCA(mean, matrix)
         return cls(_text(attrs['data']), n_classes, shape, names, bool(attrs['hflip']),
-                   int(attrs['seed']), zca, float(attrs['gcn_scale']), int(attrs.get('pad', 0)))
+                   int(attrs['seed']), zca, float(attrs['gcn_scale']), int(attrs.get('pad', 0)),
+                   _text(attrs.get('resize', 'stretch')))
 
 
 def _text(value) -> str:

@@ -4,11 +4,13 @@ Example:
     python predict.py --model=results/c10_1000/model.h5 --images=photos/ --top=3
     python predict.py --model=results/fm/model.h5 --images shoe.png shirt.jpg
 
-Each image is read with Pillow, converted to the model's channels (gray for
-1-channel models, RGB for 3), brought to the size of the dataset's images the way
-the dataset loader does (Fashion-MNIST: 28×28, other sizes resized to it first,
-then a zero border of 2 to 32×32; 32×32 datasets: other sizes resized), scaled
-to [0, 1] and preprocessed with the parameters stored in the model file. The
+Each image (PNG, JPEG, BMP or GIF) is read with Pillow, transparent pixels
+composited on black, converted to the model's channels (gray for 1-channel models,
+RGB for 3), brought to the size of the dataset's images the way the dataset loader
+does (Fashion-MNIST: 28×28, other sizes resized to it first, then a zero border
+of 2 to 32×32; 32×32 datasets: other sizes resized; image folders: the shorter
+side resized to the model's size, then the centre cropped), scaled to [0, 1] and
+preprocessed with the parameters stored in the model file. The
 result is JSON: for each file its top classes with names and probabilities, on
 stdout or in --output. Bad input (a file that is not an image, a folder without
 images, a bad model file) ends in one line on stderr and exit code 2, before
@@ -17,28 +19,27 @@ TensorFlow is imported.
 
 import json
 import os
-import struct
 import sys
 from typing import List, Optional
 
 import numpy as np
 from absl import flags
-from PIL import Image
 
 import cli
 import dataset
 import model_io
+from dataset import images
 from checkpoints import write_json
 from utils import UsageError
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')  # what a folder is searched for
+EXTENSIONS = '/'.join(e[1:].upper() for e in images.IMAGE_EXTENSIONS)
 
 
 def define_flags(fv: flags.FlagValues) -> None:
     """Defines the tool's flags on ``fv``."""
     flags.DEFINE_string('model', None, 'The model.h5 a training run wrote (required).',
                         flag_values=fv)
-    flags.DEFINE_multi_string('images', [], 'An image file (PNG or JPEG) or a folder of them; '
+    flags.DEFINE_multi_string('images', [], 'An image file (PNG, JPEG, BMP, GIF) or a folder of them; '
                               'more files may follow the flags', flag_values=fv)
     flags.DEFINE_integer('top', 3, 'How many of the most probable classes to report per image.',
                          lower_bound=1, flag_values=fv)
@@ -48,7 +49,7 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 def image_files(paths: List[str]) -> List[str]:
-    """The image files named by ``paths``: files as given, folders' PNG/JPEG files sorted.
+    """The image files named by ``paths``: files as given, folders' image files sorted.
 
     Raises:
         UsageError: no paths, a path that does not exist, a folder without images.
@@ -59,11 +60,10 @@ def image_files(paths: List[str]) -> List[str]:
     for path in paths:
         if os.path.isdir(path):
             found = sorted(os.path.join(path, name) for name in os.listdir(path)
-                           if name.lower().endswith(IMAGE_EXTENSIONS)
+                           if images.is_image_file(name)
                            and os.path.isfile(os.path.join(path, name)))
             if not found:
-                raise UsageError("folder '%s' holds no %s images" % (
-                    path, '/'.join(e[1:].upper() for e in IMAGE_EXTENSIONS)))
+                raise UsageError("folder '%s' holds no %s images" % (path, EXTENSIONS))
             files.extend(found)
         elif os.path.isfile(path):
             files.append(path)
@@ -72,13 +72,14 @@ def image_files(paths: List[str]) -> List[str]:
     return files
 
 
-def read_image(path: str, shape, pad: int) -> np.ndarray:
+def read_image(path: str, shape, pad: int, resize: str = 'stretch') -> np.ndarray:
     """Reads one image as the dataset loader would have stored it.
 
     Args:
-        path: a PNG or JPEG file (any format Pillow reads).
+        path: an image file (any format Pillow reads).
         shape: the model input H×W×C (C is 1 or 3).
         pad: the zero border the dataset puts around its source images.
+        resize: the model's resize rule (see ``dataset.images``).
 
     Returns:
         uint8 H×W×C array.
@@ -86,19 +87,11 @@ def read_image(path: str, shape, pad: int) -> np.ndarray:
     Raises:
         UsageError: the file is not a readable image.
     """
-    height, width, channels = shape
-    inner = (width - 2 * pad, height - 2 * pad)  # Pillow sizes are (width, height)
     try:
-        with Image.open(path) as img:
-            img = img.convert('L' if channels == 1 else 'RGB')
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error,
-            Image.DecompressionBombError) as err:
-        raise UsageError("'%s' is not a readable image (%s); pass PNG or JPEG files"
-                         % (path, ' '.join(str(err).split()) or type(err).__name__))
-    if img.size != inner:
-        img = img.resize(inner, Image.BILINEAR)
-    pixels = np.asarray(img, np.uint8).reshape(inner[1], inner[0], channels)
-    return np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode='constant')
+        return images.read_pixels(path, shape, resize, pad)
+    except images.DECODE_ERRORS as err:
+        raise UsageError("'%s' is not a readable image (%s); pass %s files"
+                         % (path, images.reason(err), EXTENSIONS))
 
 
 def top_classes(probs: np.ndarray, names, top: int) -> List[dict]:
@@ -117,11 +110,11 @@ def run(argv: List[str]) -> int:
                          "are supported" % (fv.model, prep.input_shape[2]))
     if fv.output:
         cli.check_output(fv.output)
-    images = dataset.to_unit_float(np.stack([read_image(f, prep.input_shape, prep.pad)
+    pixels = dataset.to_unit_float(np.stack([read_image(f, prep.input_shape, prep.pad, prep.resize)
                                              for f in files]))
 
     model, prep = model_io.load_model(fv.model)
-    probs = model.predict(prep.apply(images), batch_size=256, verbose=0)
+    probs = model.predict(prep.apply(pixels), batch_size=256, verbose=0)
     result = {'model': os.path.abspath(fv.model), 'data': prep.data,
               'predictions': [{'file': f, 'top': top_classes(p, prep.class_names, fv.top)}
                               for f, p in zip(files, probs)]}

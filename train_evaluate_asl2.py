@@ -4,6 +4,8 @@ rotation/flip proxy task (Tran 2019, arXiv:1906.10343).
 Example:
     python train_evaluate_asl2.py --data=cifar10 --dataset=datasets/cifar-10-batches-py \
         --network=convnet --labels=1000 --mode=asl --result=results/c10_1000
+    python train_evaluate_asl2.py --data=folder --dataset=photos --mode=sesemi \
+        --result=results/photos
 
 Flags are validated and the data is read before TensorFlow is imported, so bad
 input ends in one line on stderr (exit code 2) with nothing written.
@@ -27,6 +29,8 @@ import networks
 from utils import MODES, UsageError
 
 IMAGES_PER_LABELED_STEP = 6  # the labeled branch takes batch_size × 6 images
+SKIPPED_FILE = 'skipped_images.txt'  # image files that could not be decoded, one per line
+GRAPH_CONSTANT_LIMIT = 2 ** 31  # bytes; TF 1.15 keeps the training set in its GraphDef
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -36,15 +40,31 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_string('dataset', None, 'Folder holding the dataset files (see dataset/dataset.txt); '
                         'default: the dataset\'s usual folder.', flag_values=fv)
     flags.DEFINE_alias('data_path', 'dataset', flag_values=fv)
+    flags.DEFINE_integer('image_size', 32, '--data=folder: side in pixels of the square images '
+                         'the network takes (shorter side resized to it, centre cropped); '
+                         'at least 8.', flag_values=fv)
+    flags.DEFINE_boolean('hflip', None, 'Mirror labeled images left-right as augmentation and in '
+                         'the dense evaluation; default: the dataset\'s (on for CIFAR, '
+                         'Fashion-MNIST and --data=folder, off for SVHN).', flag_values=fv)
+    flags.DEFINE_boolean('zca', None, 'ZCA whitening after GCN; default: the dataset\'s (on for '
+                         'CIFAR, off otherwise: its cost grows with the cube of H*W*C).',
+                         flag_values=fv)
+    flags.DEFINE_float('test_fraction', 0.1, '--data=folder without a test/ folder: fraction of '
+                       'each class\'s labeled images held out for testing (seed 1).',
+                       flag_values=fv)
+    flags.DEFINE_string('cache', None, '--data=folder: folder of the decoded-image cache, '
+                        'reusable by later runs; default <result>/cache.', flag_values=fv)
     flags.DEFINE_string('network', 'convnet', 'Backbone: %s.' % ', '.join(networks.NETWORKS),
                         flag_values=fv)
-    flags.DEFINE_integer('labels', 1000, 'Number of labeled training images (a multiple of the '
-                         'class count, or the training set size for all).', flag_values=fv)
+    flags.DEFINE_integer('labels', None, 'Number of labeled training images (a multiple of the '
+                         'class count, or the training set size for all); default 1000, for '
+                         '--data=folder every labeled image.', flag_values=fv)
     flags.DEFINE_enum('mode', 'asl', MODES, 'asl: self-supervision on the labeled images only; '
                       'sesemi: semi-supervised, unlabeled pool = whole training set; '
                       'supervised: no self-supervised head (baseline).', flag_values=fv)
     flags.DEFINE_integer('epochs', None, 'Training epochs (passes over the pool); default 300 for '
-                         'asl/supervised, the dataset\'s SESEMI default (50 CIFAR, 30 SVHN) for sesemi.',
+                         'asl/supervised, the dataset\'s SESEMI default (50 CIFAR, 30 SVHN) for sesemi '
+                         '(--data=folder: 1.5 million pool images, at most 30 epochs).',
                          lower_bound=1, flag_values=fv)
     flags.DEFINE_integer('batch_size', 16, 'Images per step drawn from the pool; the labeled '
                          'branch takes 6x as many.', lower_bound=1, flag_values=fv)
@@ -91,32 +111,46 @@ def parse_config(argv: List[str]) -> dict:
     Raises:
         UsageError: unknown or malformed flags, unknown dataset or network.
     """
+    return configure(argv)[0]
+
+
+def configure(argv: List[str]):
+    """Parses and resolves the flags; returns (config dict, the run's ``dataset.DatasetInfo``).
+
+    Raises:
+        UsageError: unknown or malformed flags, unknown dataset or network, a bad
+            image folder.
+    """
     fv, positional = cli.parse_flags(define_flags, argv)
     if positional:
         raise UsageError('unexpected argument %s; all inputs are flags (see --help)'
                          % positional[0])
     cfg = {name: fv[name].value for name in fv if name != 'data_path'}
-    info = dataset.get(cfg['data'])
     networks.check(cfg['network'])
-    cfg['dataset'] = cfg['dataset'] or info.default_dir
+    cfg['dataset'] = cfg['dataset'] or dataset.get(cfg['data']).default_dir
+    info = dataset.describe(cfg['data'], cfg['dataset'], cfg)
+    if cfg['labels'] is None:
+        cfg['labels'] = info.default_labels  # None: every labeled image
     if cfg['epochs'] is None:
         cfg['epochs'] = info.sesemi_epochs if cfg['mode'] == 'sesemi' else dataset.ASL_EPOCHS
     if cfg['result'] is None:
-        cfg['result'] = os.path.join('results', '%s_%s_%s_%d' % (
-            cfg['data'], cfg['network'], cfg['mode'], cfg['labels']))
+        cfg['result'] = os.path.join('results', '%s_%s_%s_%s' % (
+            cfg['data'], cfg['network'], cfg['mode'], cfg['labels'] or 'all'))
     # Dropout settings of the reference: heavier on SVHN for convnet (and wrn's head).
     svhn = cfg['data'] == 'svhn'
     if cfg['super_dropout'] is None:
         cfg['super_dropout'] = 0.5 if svhn and cfg['network'] in ('convnet', 'wrn') else 0.2
     cfg['in_network_dropout'] = 0.5 if svhn and cfg['network'] == 'convnet' else 0.0
     cfg['zca'], cfg['hflip'] = info.zca, info.hflip
+    if info.layout is not None and not cfg['dry_run']:
+        cfg['cache'] = os.path.abspath(cfg['cache'] or os.path.join(cfg['result'], 'cache'))
     if cfg['ckpt_path']:
         cfg['resume'] = True
     else:
         cfg['ckpt_path'] = os.path.join(cfg['result'], 'checkpoints')
     device.check_flags(cfg)
     execution.check_flags(cfg)
-    return cfg
+    return cfg, info
 
 
 def prepare_result_folder(path: str) -> None:
@@ -132,14 +166,19 @@ def prepare_result_folder(path: str) -> None:
                          % (path, err.strerror or err))
 
 
-def preprocess(x_train: np.ndarray, x_test: np.ndarray, zca: bool):
+def preprocess(x_train: Optional[np.ndarray], x_test: np.ndarray, zca: bool):
     """GCN on both sets, then (if ``zca``) ZCA fitted on the training set.
+
+    ``x_train`` may be None when there is no ZCA to fit (the input pipeline then
+    normalises the training images itself).
 
     Returns:
         (x_train, x_test, the fitted ``utils.ZCA`` or None), the ZCA for the model file.
     """
     from utils import global_contrast_normalize, zca_whitener
-    x_train, x_test = global_contrast_normalize(x_train), global_contrast_normalize(x_test)
+    x_test = global_contrast_normalize(x_test)
+    if x_train is not None:
+        x_train = global_contrast_normalize(x_train)
     whiten = None
     if zca:
         whiten = zca_whitener(x_train)
@@ -155,7 +194,7 @@ class Training:
     then makes the models.
     """
 
-    def __init__(self, cfg: dict, train, test):
+    def __init__(self, cfg: dict, data: dataset.Data):
         """Draws the labeled split and sizes the run.
 
         Raises:
@@ -164,9 +203,10 @@ class Training:
         """
         import utils
         self.cfg = cfg
-        info = dataset.get(cfg['data'])
-        (x_train, y_train), (self.x_test, self.y_test) = train, test
-        self.split = utils.labeled_indices(y_train, cfg['labels'], info.n_classes)
+        info = data.info
+        (x_train, y_train), (self.x_test, self.y_test) = data.train, data.test
+        n_labels = len(y_train) if cfg['labels'] is None else cfg['labels']
+        self.split = utils.labeled_indices(y_train, n_labels, info.n_classes)
         self.self_supervised = cfg['mode'] != 'supervised'
         labeled = np.asarray(self.split, dtype=np.int64)
         pool_size = len(x_train) if cfg['mode'] == 'sesemi' else len(labeled)
@@ -182,6 +222,7 @@ class Training:
             2 if self.self_supervised else 1)
         self.x_train, self.y_train, self.labeled = x_train, y_train, labeled
         self.info = info
+        self.split_files, self.skipped = data.split, data.skipped  # for split.json and the skip list
 
     def build(self) -> None:
         """Builds and compiles the models (after the device is configured)."""
@@ -201,7 +242,16 @@ class Training:
         self.keras = keras
 
     def preprocess(self) -> None:
-        self.x_train, self.x_test, self.zca = preprocess(self.x_train, self.x_test, self.cfg['zca'])
+        """GCN (and ZCA); a uint8 training set is converted step by step in the pipeline."""
+        import model_io
+        if self.x_train.dtype == np.uint8:  # ZCA, if asked for, is fitted on a float copy
+            fit_on = dataset.to_unit_float(self.x_train) if self.cfg['zca'] else None
+            _, self.x_test, self.zca = preprocess(fit_on, self.x_test, self.cfg['zca'])
+        else:
+            self.x_train, self.x_test, self.zca = preprocess(self.x_train, self.x_test,
+                                                             self.cfg['zca'])
+        self.preprocessing = model_io.Preprocessing.for_dataset(self.info, self.zca,
+                                                                self.cfg['seed'])
 
     def dataset(self, first_step: int = 0):
         """The training stream, starting at step ``first_step``."""
@@ -211,9 +261,12 @@ class Training:
         self.sampler = utils.BatchSampler(self.labeled, pool[cfg['mode']],
                                           cfg['batch_size'] * IMAGES_PER_LABELED_STEP,
                                           cfg['batch_size'], cfg['seed'])
-        labels = np.eye(self.info.n_classes, dtype=np.float32)[self.y_train]
+        # One-hot rows of the labeled images; the unlabeled images after them get zeros.
+        labels = np.zeros((len(self.x_train), self.info.n_classes), np.float32)
+        labels[np.arange(len(self.y_train)), self.y_train] = 1
+        convert = self.preprocessing.apply_tf if self.x_train.dtype == np.uint8 else None
         return utils.make_dataset(self.x_train, labels, self.sampler, cfg['seed'], self.info.hflip,
-                                  first_step)
+                                  first_step, convert)
 
     def fit_phases(self, step: int):
         """Keras fit calls that train from ``step`` to ``total_steps``.
@@ -405,20 +458,29 @@ def print_summary(model) -> None:
 
 def run(argv: List[str]) -> int:
     """Runs the entry with ``argv`` (argv[0] is the program name); returns the exit code."""
-    cfg = parse_config(argv)
+    cfg, info = configure(argv)
     if cfg['gpu_id'] is not None:
         os.environ['CUDA_VISIBLE_DEVICES'] = cfg['gpu_id']
-    train, test = dataset.load(cfg['data'], cfg['dataset'])
-    training = Training(cfg, train, test)
-    if not cfg['dry_run']:
-        prepare_result_folder(cfg['result'])
+    if not cfg['dry_run']:  # before the data, whose decode cache may live in the result folder
         if cfg['resume']:
             check_saved_run(cfg)  # the flags, before TensorFlow loads
         else:
             check_no_earlier_run(cfg)
+    data = dataset.load_run(info, cfg['dataset'], cfg['cache'] if not cfg['dry_run'] else None)
+    if data.skipped:
+        print('warning: %d of the image files cannot be decoded and are left out%s'
+              % (len(data.skipped), '' if cfg['dry_run'] else '; listed in %s' % os.path.join(
+                  cfg['result'], SKIPPED_FILE)), file=sys.stderr)
+    training = Training(cfg, data)  # checks --labels and --batch_size against the data
+    if not cfg['dry_run']:
+        prepare_result_folder(cfg['result'])
     # Every check of the input is done: TensorFlow loads only now.
     execution.prepare_environment(cfg)
-    from compat import make_deterministic, tf
+    from compat import TF1, make_deterministic, tf
+    if TF1 and data.train[0].nbytes >= GRAPH_CONSTANT_LIMIT:
+        raise UsageError('the %d training images take %.1f GB, more than a TensorFlow 1.15 graph '
+                         'can hold (2 GB); train with TensorFlow 2 (.venv), a smaller --image_size '
+                         'or fewer images' % (len(data.train[0]), data.train[0].nbytes / 1e9))
     if cfg['deterministic']:
         make_deterministic()
     cfg.update(device.configure(cfg))
@@ -465,7 +527,8 @@ def train_and_evaluate(training: Training) -> int:
         0 when done; 3 on a non-finite loss; 128 + signal number when stopped by
         SIGTERM or Ctrl-C after saving a checkpoint.
     """
-    from checkpoints import Checkpoints, Interrupt, fault_point, read_metrics, write_json, write_metrics
+    from checkpoints import (Checkpoints, Interrupt, fault_point, read_metrics, write_atomic,
+                             write_json, write_metrics)
     from compat import to_float
     cfg, result = training.cfg, training.cfg['result']
     ckpts = Checkpoints(cfg['ckpt_path'], training.model, cfg['keep_checkpoints'])
@@ -479,7 +542,11 @@ def train_and_evaluate(training: Training) -> int:
         else:
             print('No usable checkpoint in %s; starting from step 0' % cfg['ckpt_path'], flush=True)
     write_json(os.path.join(result, 'args.json'), cfg)
-    write_json(os.path.join(result, 'split.json'), {'labeled_indices': training.split})
+    write_json(os.path.join(result, 'split.json'), dict(training.split_files,
+                                                        labeled_indices=training.split))
+    if training.skipped:
+        write_atomic(os.path.join(result, SKIPPED_FILE), ''.join(
+            line + '\n' for line in training.skipped))
     write_metrics(os.path.join(result, 'metrics.jsonl'), rows)
 
     training.preprocess()
@@ -508,7 +575,7 @@ def train_and_evaluate(training: Training) -> int:
     fault_point('model', final['step'])
     import model_io
     model_io.save_model(os.path.join(result, 'model.h5'), training.inference,
-                        model_io.Preprocessing.for_dataset(cfg['data'], training.zca, cfg['seed']))
+                        training.preprocessing)
     write_json(os.path.join(result, 'result.json'), {
         'error_dense': final['error_dense'], 'error_single': final['error_single'],
         'steps': final['step'], 'wall_seconds': time.time() - start,

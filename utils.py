@@ -350,11 +350,31 @@ def augment_batch(images, labels, labeled, pool, step, seed: int, hflip: bool):
     return inputs, targets
 
 
+def gather_converted(images, labels, labeled, pool, convert: Callable):
+    """Picks one step's images out of a uint8 training set and converts them.
+
+    ``convert`` takes float32 images in [0, 1] (each value divided by 255) and
+    returns the model's inputs (e.g. GCN); a step converts only its own images,
+    so the training set stays uint8 (a quarter of float32's memory).
+
+    Returns:
+        (images, labels, labeled, pool) for ``augment_batch``: the step's converted
+        images and their labels, and the positions of its labeled and pool images
+        among them (pool None stays None).
+    """
+    tf = _tf()
+    picks = labeled if pool is None else tf.concat([labeled, pool], 0)
+    x = convert(tf.cast(tf.gather(images, picks), tf.float32) / 255.0)
+    positions = tf.range(tf.shape(picks, out_type=picks.dtype)[0], dtype=picks.dtype)
+    n = tf.shape(labeled, out_type=picks.dtype)[0]
+    return x, tf.gather(labels, picks), positions[:n], None if pool is None else positions[n:]
+
+
 STEPS_PER_CHUNK = 32  # steps whose indices the sampler hands to tf.data at once
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, sampler: BatchSampler, seed: int,
-                 hflip: bool, first_step: int = 0):
+                 hflip: bool, first_step: int = 0, convert: Optional[Callable] = None):
     """The training input pipeline: an endless tf.data stream of augmented steps.
 
     The training images live in one tensor; a Python generator yields only each
@@ -369,6 +389,8 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, sampler: BatchSampler, 
         seed: keys the in-graph augmentation.
         hflip: whether labeled images may be flipped left-right.
         first_step: the step the stream starts at (non-zero when resuming).
+        convert: given, ``images`` are uint8 and each step's images are converted
+            in the pipeline (see ``gather_converted``).
     """
     tf = _tf()
     self_supervised = sampler.batches[1] > 0
@@ -386,10 +408,13 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, sampler: BatchSampler, 
         chunks, (tf.int64, tf.int64, tf.int64),
         (tf.TensorShape([None, None]), tf.TensorShape([None, None]), tf.TensorShape([None])))
     dataset = dataset.flat_map(lambda *chunk: tf.data.Dataset.from_tensor_slices(chunk))
-    dataset = dataset.map(
-        lambda labeled, pool, step: augment_batch(
-            images, labels, labeled, pool if self_supervised else None, step, seed, hflip),
-        num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    def build_step(labeled, pool, step):
+        x, y, pool = images, labels, pool if self_supervised else None
+        if convert is not None:
+            x, y, labeled, pool = gather_converted(x, y, labeled, pool, convert)
+        return augment_batch(x, y, labeled, pool, step, seed, hflip)
+
+    dataset = dataset.map(build_step, num_parallel_calls=tf.data.experimental.AUTOTUNE)
     return dataset.prefetch(4)
 
 

@@ -1,14 +1,18 @@
 """The datasets SESEMI trains on: a registry, and the checks their loaders share.
 
-Each loader module (``cifar10``, ``cifar100``, ``svhn``, ``fashion_mnist``) reads
-the official files from one folder and returns ``(x_train, y_train), (x_test,
-y_test)``: images as float32 N×32×32×C in [0, 1], labels as int64 vectors.
+Each benchmark loader module (``cifar10``, ``cifar100``, ``svhn``, ``fashion_mnist``)
+reads the official files from one folder and returns ``(x_train, y_train), (x_test,
+y_test)``: images as float32 N×32×32×C in [0, 1], labels as int64 vectors. The
+``folder`` dataset is the user's own image files (``dataset.folder``); its
+description (classes, image size, channels, defaults) is built from its folder and
+the run's options by ``describe``, and ``load_run`` returns its training images as
+uint8, labeled images followed by unlabeled ones.
 Bad input never ends in a traceback: a missing folder or file, a truncated or
 foreign file, mismatched counts and out-of-range labels each raise
 ``utils.UsageError`` with one line that names the file and points to
 ``dataset/dataset.txt``, which says where each dataset comes from.
 
-This package is pure numpy/scipy; it does not import TensorFlow.
+This package is pure numpy, scipy and Pillow; it does not import TensorFlow.
 """
 
 import os
@@ -20,7 +24,7 @@ from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Sequence, T
 
 import numpy as np
 
-from utils import UsageError
+from utils import UsageError, labeled_indices
 
 T = TypeVar('T')
 Split = Tuple[np.ndarray, np.ndarray]
@@ -174,7 +178,7 @@ def to_unit_float(images: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------- registry
 
-from dataset import cifar10, cifar100, fashion_mnist, svhn  # noqa: E402  (they use the helpers above)
+from dataset import cifar10, cifar100, fashion_mnist, folder, svhn  # noqa: E402  (they use the helpers above)
 
 
 class DatasetInfo(NamedTuple):
@@ -190,7 +194,11 @@ class DatasetInfo(NamedTuple):
         default_dir: the folder used when none is given.
         files: the file names the folder must hold.
         class_names: one name per class, in label order.
-        loader: ``load_data(folder)`` of the dataset's module.
+        loader: ``load_data(folder)`` of the dataset's module (None for folder data).
+        resize: how an image of another size is brought to ``shape``, a rule of
+            ``dataset.images`` ('stretch' or 'crop').
+        default_labels: --labels when not given; None means every labeled image.
+        layout: the files of a folder dataset (``folder.Layout``), else None.
     """
     name: str
     n_classes: int
@@ -201,7 +209,31 @@ class DatasetInfo(NamedTuple):
     default_dir: str
     files: Tuple[str, ...]
     class_names: Tuple[str, ...]
-    loader: Callable[[str], Tuple[Split, Split]]
+    loader: Optional[Callable[[str], Tuple[Split, Split]]]
+    resize: str = 'stretch'
+    default_labels: Optional[int] = 1000
+    layout: Any = None
+
+
+class Data(NamedTuple):
+    """A dataset as one training run uses it.
+
+    Attributes:
+        info: the run's description (for folder data, with the channel count the
+            decoded images have).
+        train: ``(x_train, y_train)``; x_train may hold more images than y_train
+            labels: the unlabeled images follow the labeled ones. float32 in
+            [0, 1] for the benchmark datasets, uint8 for folder data (converted
+            in the input pipeline).
+        test: ``(x_test, y_test)``, float32 images in [0, 1].
+        split: entries for split.json beyond the labeled indices (folder data: the files).
+        skipped: one '<file>: <reason>' per image file that could not be decoded.
+    """
+    info: DatasetInfo
+    train: Split
+    test: Split
+    split: Dict[str, Any]
+    skipped: List[str]
 
 
 def _info(name: str, module: Any, channels: int, zca: bool, hflip: bool, epochs: int,
@@ -219,6 +251,10 @@ DATASETS: Dict[str, DatasetInfo] = {
     'svhn': _info('svhn', svhn, 3, False, False, 30, 'datasets/svhn'),
     'fashion_mnist': _info('fashion_mnist', fashion_mnist, 1, False, True, 30,
                            '/usr/share/datasets/fashion-mnist'),
+    # Built per run by ``describe``; ZCA off by default (its cost grows with (H·W·C)³).
+    'folder': DatasetInfo(name='folder', n_classes=0, shape=(32, 32, 3), zca=False, hflip=True,
+                          sesemi_epochs=folder.MAX_SESEMI_EPOCHS, default_dir='', files=(),
+                          class_names=(), loader=None, resize='crop', default_labels=None),
 }
 
 
@@ -240,6 +276,99 @@ def get(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+def describe(name: str, root: Optional[str] = None,
+             options: Optional[Dict[str, Any]] = None) -> DatasetInfo:
+    """The description of a dataset for one run: the registry entry with the run's
+    choices applied, and for folder data what ``root`` holds (no image is decoded,
+    so the channel count is None until ``load_run``).
+
+    Args:
+        name: one of the keys of ``DATASETS``.
+        root: the dataset folder (None: ``default_dir``).
+        options: the run's flags; used are ``zca`` and ``hflip`` (None: the
+            dataset's default), ``image_size`` (must be the benchmark datasets'
+            32) and, for folder data, ``test_fraction``, ``labels`` (checked
+            against the class sizes) and ``mode`` (unlabeled/ is read in sesemi
+            mode only).
+
+    Raises:
+        UsageError: unknown name; for folder data a bad layout, image size or
+            number of labels.
+    """
+    info, options = get(name), options or {}
+    if options.get('zca') is not None:
+        info = info._replace(zca=bool(options['zca']))
+    if options.get('hflip') is not None:
+        info = info._replace(hflip=bool(options['hflip']))
+    size = int(options.get('image_size') or info.shape[0])
+    if info.loader is not None:
+        if size != info.shape[0]:
+            raise UsageError('--image_size=%d: %s images are %dx%d; --image_size applies to '
+                             '--data=folder' % (size, name, info.shape[0], info.shape[1]))
+        return info
+    folder.check_image_size(size)
+    layout = folder.scan(root or info.default_dir, float(options.get('test_fraction', 0.1)))
+    if options.get('mode', 'sesemi') != 'sesemi':  # only the proxy task's pool uses unlabeled/
+        layout = layout._replace(unlabeled=[])
+    if options.get('labels') is not None:  # checked on the files now, before any is decoded
+        labeled_indices(np.array([c for _, c in layout.train]), int(options['labels']),
+                        len(layout.class_names))
+    return info._replace(
+        n_classes=len(layout.class_names), class_names=layout.class_names,
+        shape=(size, size, None), layout=layout,
+        sesemi_epochs=folder.sesemi_epochs(len(layout.train) + len(layout.unlabeled)))
+
+
+def load_run(info: DatasetInfo, root: Optional[str] = None, cache: Optional[str] = None,
+             progress: bool = True) -> Data:
+    """Reads the data of a run described by ``describe``.
+
+    Args:
+        info: the run's description.
+        root: the dataset folder of the benchmark datasets (None: ``default_dir``).
+        cache: folder data's decode cache (None: decode in memory).
+        progress: show folder data's decoding progress on stderr.
+
+    Raises:
+        UsageError: missing or bad files.
+    """
+    if info.loader is not None:
+        train, test = info.loader(info.default_dir if root is None else root)
+        return Data(info, train, test, {}, [])
+    loaded = folder.load(info.layout, info.shape[0], cache, progress)
+    return Data(info._replace(shape=info.shape[:2] + (loaded.channels,)),
+                (loaded.x_train, loaded.y_train), (loaded.x_test, loaded.y_test),
+                loaded.split, loaded.skipped)
+
+
+def load_test(name: str, root: Optional[str], split: Dict[str, Any],
+              shape: Tuple[int, int, int], class_names: Sequence[str]) -> Split:
+    """The test split a trained model is evaluated on.
+
+    Args:
+        name: the model's dataset.
+        root: the dataset folder (None: the default, or for folder data the one
+            the run's split.json names).
+        split: the run's split.json ({} when there is none).
+        shape: the model's input shape; images of folder data are decoded to it.
+        class_names: the model's classes; folder data's test/ must have them.
+
+    Returns:
+        ``(x_test, y_test)``: float32 images in [0, 1] and int64 labels.
+
+    Raises:
+        UsageError: missing or bad files.
+    """
+    info = get(name)
+    if info.loader is not None:
+        return load(name, root)[1]
+    root = root or split.get('root')
+    if not root:
+        raise UsageError('pass --dataset=ROOT, the image folder the model was trained on '
+                         '(no split.json next to the model names it)')
+    return folder.load_test(root, split, shape, class_names)
+
+
 def load(name: str, folder: Optional[str] = None) -> Tuple[Split, Split]:
     """Loads a dataset by name; every loader checks counts and label ranges
     through ``check_labels``.
@@ -256,4 +385,6 @@ def load(name: str, folder: Optional[str] = None) -> Tuple[Split, Split]:
         UsageError: unknown name, or missing or bad files.
     """
     info = get(name)
+    if info.loader is None:
+        raise UsageError("dataset '%s' is read with describe() and load_run()" % name)
     return info.loader(info.default_dir if folder is None else folder)

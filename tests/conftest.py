@@ -109,3 +109,47 @@ def expect_usage_error(capsys, argv, *words):
     assert err.count('\n') == 1 and err.startswith('error: '), err
     for word in words:
         assert word in err, err
+
+
+def write_image_folder(root, per_class=30, unlabeled=50, size=16, test_folder=False):
+    """Writes a folder dataset of two classes in every format the loader reads: gray PNGs,
+    an RGBA PNG, a JPEG, a BMP and a GIF, plus a corrupt PNG and a text file in labeled/b,
+    and unlabeled images two levels deep. Returns the corrupt file's path relative to root."""
+    from PIL import Image
+    labels = np.repeat([0, 1], per_class)
+    gray = class_images(labels, size=size, channels=1, seed=1)[..., 0]
+    colour = class_images(labels, size=size, channels=3, seed=2)
+    for i, (label, name) in enumerate(zip(labels, ['a'] * per_class + ['b'] * per_class)):
+        folder = os.path.join(root, 'labeled', name)
+        os.makedirs(folder, exist_ok=True)
+        k = i % per_class
+        if k == 0:
+            rgba = np.dstack([colour[i], np.full((size, size), 255, np.uint8)])
+            rgba[0, 0, 3] = 0  # one transparent pixel: composited on black
+            Image.fromarray(rgba, 'RGBA').save(os.path.join(folder, 'img%02d.png' % k))
+        elif k == 1:
+            Image.fromarray(colour[i]).save(os.path.join(folder, 'img%02d.jpg' % k), quality=95)
+        elif k == 2:
+            Image.fromarray(colour[i]).save(os.path.join(folder, 'img%02d.bmp' % k))
+        elif k == 3:
+            Image.fromarray(gray[i]).convert('P').save(os.path.join(folder, 'img%02d.gif' % k))
+        else:  # gray PNGs of other sizes: resized and cropped by the loader
+            Image.fromarray(gray[i]).resize((size + 4 * (k % 3), size)).save(
+                os.path.join(folder, 'img%02d.png' % k))
+    with open(os.path.join(root, 'labeled', 'b', 'broken.png'), 'wb') as f:
+        f.write(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)
+    with open(os.path.join(root, 'labeled', 'b', 'notes.txt'), 'w') as f:
+        f.write('not an image')
+    deep = os.path.join(root, 'unlabeled', 'part1', 'deeper')
+    os.makedirs(deep)
+    for i, image in enumerate(class_images(np.arange(unlabeled) % 2, size=size, channels=3,
+                                           seed=3)):
+        Image.fromarray(image).save(os.path.join(deep if i % 2 else os.path.dirname(deep),
+                                                 'u%03d.png' % i))
+    if test_folder:
+        for label, name in enumerate(['a', 'b']):
+            folder = os.path.join(root, 'test', name)
+            os.makedirs(folder)
+            for i, image in enumerate(class_images([label] * 3, size=size, channels=3, seed=4)):
+                Image.fromarray(image).save(os.path.join(folder, 't%d.png' % i))
+    return os.path.join('labeled', 'b', 'broken.png')

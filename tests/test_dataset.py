@@ -214,11 +214,15 @@ def test_real_debian_fashion_mnist():
 # ------------------------------------------------------------------ registry
 
 def test_registry_entries():
-    assert sorted(dataset.DATASETS) == ['cifar10', 'cifar100', 'fashion_mnist', 'svhn']
+    assert sorted(dataset.DATASETS) == ['cifar10', 'cifar100', 'fashion_mnist', 'folder', 'svhn']
     for name, info in dataset.DATASETS.items():
         assert info.name == name and dataset.get(name) is info
+        if name == 'folder':  # described per run from its folder (tests/test_folder.py)
+            assert info.loader is None and not info.zca and info.hflip and info.resize == 'crop'
+            continue
         assert info.n_classes == len(info.class_names) == len(set(info.class_names))
-        assert info.shape[:2] == (32, 32) and info.files
+        assert info.shape[:2] == (32, 32) and info.files and info.resize == 'stretch'
+        assert info.default_labels == 1000
     assert dataset.get('cifar10').class_names[:3] == ('airplane', 'automobile', 'bird')
     assert dataset.get('cifar100').n_classes == 100
     assert dataset.get('cifar100').class_names[0] == 'apple'
@@ -227,7 +231,8 @@ def test_registry_entries():
     assert dataset.get('fashion_mnist').class_names == (
         'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker',
         'Bag', 'Ankle boot')
-    flags = {n: (i.zca, i.hflip, i.sesemi_epochs, i.shape[2]) for n, i in dataset.DATASETS.items()}
+    flags = {n: (i.zca, i.hflip, i.sesemi_epochs, i.shape[2]) for n, i in dataset.DATASETS.items()
+             if n != 'folder'}
     assert flags == {'cifar10': (True, True, 50, 3), 'cifar100': (True, True, 50, 3),
                      'svhn': (False, False, 30, 3), 'fashion_mnist': (False, True, 30, 1)}
     assert dataset.get('fashion_mnist').default_dir == DEBIAN_FASHION

@@ -278,7 +278,7 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
     expect_usage_error(capsys, 'predict', ['--model=' + fashion.model, '--images=' + images,
                                            '--output=' + out], 'notes.png', 'not a readable image')
     expect_usage_error(capsys, 'predict', ['--model=' + fashion.model, '--images=' + empty],
-                       'holds no PNG/JPG/JPEG images')
+                       'holds no PNG/JPG/JPEG/BMP/GIF images')
     expect_usage_error(capsys, 'predict', ['--model=' + fashion.model], 'no images')
     expect_usage_error(capsys, 'predict', ['--model=' + fashion.model, '--images=' + images,
                                            '--output=' + str(tmp_path / 'no' / 'out.json')],

@@ -77,6 +77,7 @@ def test_dry_run_prints_parameter_count_and_writes_nothing(tiny_cifar10, tmp_pat
     (['--data=mnist'], ['mnist', 'cifar10', 'svhn']),
     (['--mode=semi'], ['semi']),
     (['--epochs=0'], ['epochs']),
+    (['--image_size=64'], ['--image_size=64', '--data=folder']),
     (['--no_such_flag=1'], ['no_such_flag']),
 ])
 def test_bad_flags(capsys, tiny_cifar10, argv, words):
