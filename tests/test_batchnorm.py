@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+import dataset
 import networks
 import utils
 from checkpoints import Checkpoints
@@ -177,7 +178,7 @@ def test_model_file_loads_in_stock_keras_with_the_debiased_statistics(tmp_path):
     targets = [np.eye(6, dtype=np.float32)[[0, 1, 2, 3]], np.eye(10, dtype=np.float32)[[0, 1, 2, 3]]]
     model.train_on_batch([x, x], targets)
     path = str(tmp_path / 'model.h5')
-    model_io.save_model(path, inference, model_io.Preprocessing.for_dataset('fashion_mnist', None, 0))
+    model_io.save_model(path, inference, model_io.Preprocessing.for_dataset(dataset.get('svhn'), None, 0))
     bn = trunk.get_layer('block1_bn')
     count = int(K.get_value(bn.debias.count))
     saved = K.get_value(bn.moving_mean)

@@ -145,17 +145,17 @@ def test_several_steps_per_execution_give_the_same_training(tiny_fashion, tmp_pa
 
 @pytest.mark.parametrize('flags_a,flags_b,steps,tolerance', [
     # The defaults against one plain step a call: the same ops, to float32 rounding.
-    ([], ['--xla=off', '--steps_per_execution=1'], 27, 1e-5),
+    ([], ['--xla=off', '--steps_per_execution=1'], 27, (1e-5, 1e-6)),
     # XLA fuses and reorders float32 sums, and under TF 2.x its run is multi-threaded
     # (there is no deterministic XLA max-pooling gradient): rounding differences grow
     # with every step of this tiny, high-learning-rate run, so it is compared early.
-    (['--xla=on'], ['--xla=off'], 4, 1e-3),
+    (['--xla=on'], ['--xla=off'], 4, (1e-2, 2e-3)),
 ])
 def test_xla_trains_what_plain_execution_trains(tiny_fashion, tmp_path, flags_a, flags_b, steps,
                                                 tolerance):
     """The default execution (several steps per call on TF 2.x) and XLA train what
-    one uncompiled step per call trains: losses and weights agree to ``tolerance``
-    (relative) after ``steps`` steps."""
+    one uncompiled step per call trains: after ``steps`` steps the losses agree to
+    the relative and the weights to the (relative, absolute) ``tolerance``."""
     from compat import TF1
     exact = ['--super_dropout=0', '--epochs=3', '--max_steps=%d' % steps]
     if TF1 or '--xla=on' not in flags_a:
@@ -167,10 +167,10 @@ def test_xla_trains_what_plain_execution_trains(tiny_fashion, tmp_path, flags_a,
     with open(os.path.join(b, 'args.json')) as f:
         assert json.load(f)['xla'] == 'off'
     for x, y in zip(metrics(a), metrics(b)):
-        assert x['loss'] == pytest.approx(y['loss'], rel=tolerance)
+        assert x['loss'] == pytest.approx(y['loss'], rel=tolerance[0])
     for x, y in zip(load_weights(os.path.join(a, 'model.h5')),
                     load_weights(os.path.join(b, 'model.h5'))):
-        np.testing.assert_allclose(x, y, rtol=tolerance, atol=tolerance / 10)
+        np.testing.assert_allclose(x, y, rtol=tolerance[0], atol=tolerance[1])
 
 
 def test_the_precision_in_effect_defines_the_run(tiny_fashion, tmp_path):
