@@ -135,13 +135,6 @@ def resolve(cfg: dict, device: str, tf1: bool, steps_per_epoch: int) -> Dict[str
     return {'xla': 'on' if cfg['xla'] == 'on' else 'off', 'steps_per_execution': per_call}
 
 
-def configure_tf1_session(config, xla: bool) -> None:
-    """Sets TF 1.15's session-wide JIT level on the ``ConfigProto`` ``config``."""
-    from compat import tf
-    level = tf.compat.v1.OptimizerOptions.ON_1 if xla else tf.compat.v1.OptimizerOptions.OFF
-    config.graph_options.optimizer_options.global_jit_level = level
-
-
 def compile_options(cfg: dict) -> Dict[str, object]:
     """The extra ``model.compile`` arguments for the settings in effect (TF 2.x);
     none on TF 1.15, where XLA is a session setting."""
@@ -165,6 +158,7 @@ def configure(cfg: dict, device: str, steps_per_epoch: int) -> Dict[str, object]
         # Keeps what the session made so far was configured with (threads, rewrites).
         config = tf.compat.v1.ConfigProto()
         config.CopyFrom(getattr(K.get_session(), '_config', None) or config)
-        configure_tf1_session(config, True)
+        config.graph_options.optimizer_options.global_jit_level = (
+            tf.compat.v1.OptimizerOptions.ON_1)
         tf.compat.v1.keras.backend.set_session(tf.compat.v1.Session(config=config))
     return settings

@@ -11,7 +11,8 @@ whether the pipeline holds the step back. The earlier commit runs from a
 step-time ratio of ConvNet-13 at width 1.0.
 
     source test/malloc.sh
-    .venv/bin/python bench/step.py [--old REV] [--quick] [--networks convnet,nin,wrn]
+    .venv/bin/python bench/step.py [--old REV] [--models convnet:1,convnet:0.125]
+        [--precisions float32,mixed] [--feeds real,fixed] [--rounds N] [--variant=--xla=on]
 
 Run it on an idle machine: the cases are timed one after another, so load from
 elsewhere shows up as noise in the ratios.
@@ -110,7 +111,7 @@ def run_case(python: str, tree: str, work: str, data: str, case: dict) -> dict:
            '--data', data, '--network', case['network'], '--width', str(case['width']),
            '--labels', str(case['labels']), '--max_steps', str(case['max_steps']),
            '--feed', case['feed'], '--precision_mode', case['precision_mode']]
-    for extra in case.get('extra', []):
+    for extra in case['extra']:
         cmd += ['--extra=' + extra]
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
@@ -129,17 +130,18 @@ def cases(args):
             # Steps per epoch = labels / 16; the first epoch is not timed.
             labels = 80 if width >= 0.5 else 320
             for precision_mode in args.precisions:
+                def case(feed, extra=()):
+                    return dict(network=network, width=width, labels=labels,
+                                max_steps=3 * labels // 16, feed=feed,
+                                precision_mode=precision_mode, extra=list(extra))
+
                 for feed in args.feeds.split(','):
                     for tree in ('new', 'old'):
                         if tree == 'old' and feed == 'fixed' and not args.old_fixed:
                             continue
-                        yield tree, dict(network=network, width=width, labels=labels,
-                                         max_steps=3 * labels // 16, feed=feed,
-                                         precision_mode=precision_mode)
+                        yield tree, case(feed)
                 for variant in args.variant:
-                    yield 'new', dict(network=network, width=width, labels=labels,
-                                      max_steps=3 * labels // 16, feed='real',
-                                      precision_mode=precision_mode, extra=variant.split())
+                    yield 'new', case('real', variant.split())
 
 
 def parse_models(text: str):
@@ -205,7 +207,7 @@ def main():
         for tree, case in cases(args):
             fig = run_case(args.python, HERE if tree == 'new' else old_tree,
                            os.path.join(scratch, 'work'), data, case)
-            fig.update(case, tree=tree + ''.join(' ' + e for e in case.get('extra', [])))
+            fig.update(case, tree=tree + ''.join(' ' + e for e in case['extra']))
             figures.append(fig)
             print('%-13s %-7s w%-5g %-15s %-5s %9.1f ms/step  (first epoch %.0f; xla %s, '
                   'steps/execution %s)' % (
