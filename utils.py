@@ -219,18 +219,24 @@ def shift_images(images, dy, dx, flip=None, samples=None):
     return _gather_pixels(images, rows[:, :, None], cols[:, None, :], samples)
 
 
-def random_shift(images, seed, flip_seed=None, samples=None):
+def random_shift(images, seed, flip_seed=None, samples=None, part=0, parts: int = 1):
     """Translates each image by a uniform integer in [−2, 2] pixels per axis and,
     when ``flip_seed`` is given, mirrors it left-right with probability 0.5.
-    With ``samples``, works on ``images[samples]`` without copying them first."""
+    With ``samples``, works on ``images[samples]`` without copying them first.
+
+    The images may be part ``part`` of ``parts`` equal parts of a step: the
+    offsets are drawn for the whole step and this part takes its own, so that an
+    image is moved the same whatever the number of parts.
+    """
     tf = _tf()
     n = tf.shape(images if samples is None else samples)[0]
-    d = tf.random.stateless_uniform([2, n], seed, minval=-MAX_SHIFT, maxval=MAX_SHIFT + 1,
+    mine = tf.range(n) + tf.cast(part, tf.int32) * n
+    d = tf.random.stateless_uniform([2, n * parts], seed, minval=-MAX_SHIFT, maxval=MAX_SHIFT + 1,
                                     dtype=tf.int32)
     flip = None
     if flip_seed is not None:
-        flip = tf.random.stateless_uniform([n], flip_seed) < 0.5
-    return shift_images(images, d[0], d[1], flip, samples)
+        flip = tf.gather(tf.random.stateless_uniform([n * parts], flip_seed) < 0.5, mine)
+    return shift_images(images, tf.gather(d[0], mine), tf.gather(d[1], mine), flip, samples)
 
 
 def standard_normal(shape, seed):
@@ -253,6 +259,28 @@ def add_noise(images, seed, stddev: float = NOISE_STDDEV):
     """Adds N(0, stddev²) noise to every pixel."""
     tf = _tf()
     return images + stddev * standard_normal(tf.shape(images), seed)
+
+
+# Images of one stream in one step, at most: a per-image key is (seed, stream key × this + position).
+MAX_IMAGES_PER_STEP = 2 ** 24
+
+
+def image_keys(key, first, n):
+    """Stateless-random keys [n, 2] of the images at positions first..first+n−1 of
+    a step's stream whose key is ``key`` = (seed, k): (seed, k·2²⁴ + position)."""
+    tf = _tf()
+    position = tf.range(tf.cast(n, tf.int64), dtype=tf.int64) + tf.cast(first, tf.int64)
+    return tf.stack([tf.fill([tf.cast(n, tf.int32)], key[0]),
+                     key[1] * MAX_IMAGES_PER_STEP + position], axis=1)
+
+
+def add_noise_per_image(images, keys, stddev: float = NOISE_STDDEV):
+    """Adds N(0, stddev²) noise to every pixel, image n's drawn from ``keys[n]``:
+    an image's noise depends on its own key only, not on the batch it is in."""
+    tf = _tf()
+    shape = tf.shape(images)[1:]
+    noise = tf.map_fn(lambda key: standard_normal(shape, key), keys, dtype=tf.float32)
+    return images + stddev * noise
 
 
 def _proxy_index(size: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -328,24 +356,32 @@ class BatchSampler:
         return self._take(0, step), self._take(1, step)
 
 
-def augment_batch(images, labels, labeled, pool, step, seed: int, hflip: bool):
-    """Builds one training step from the whole training set, in-graph.
+def augment_batch(images, labels, labeled, pool, step, seed: int, hflip: bool, part=0,
+                  parts: int = 1):
+    """Builds one training step, or part ``part`` of its ``parts`` equal parts
+    (one replica's slice), from the whole training set, in-graph.
 
     Labeled images ``images[labeled]``: random shift, left-right flip (if the
     dataset allows it), noise. Pool images ``images[pool]``: random shift, noise,
-    then the 6 proxy transforms. Every random op is keyed by (seed, step), so a
-    step's augmentation does not depend on thread scheduling.
+    then the 6 proxy transforms. Every random draw is keyed by (seed, step) and
+    the image's position in the step, so an image's augmentation depends neither
+    on thread scheduling nor on how many parts the step is split into.
 
     Returns:
         (inputs, targets) dicts keyed by the model's input and output names.
     """
     tf = _tf()
     keys = [tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64) * 8 + k]) for k in range(5)]
-    x = random_shift(images, keys[0], keys[1] if hflip else None, samples=labeled)
-    inputs = {'super_data': add_noise(x, keys[2])}
+    n = tf.shape(labeled, out_type=tf.int64)[0]
+    x = random_shift(images, keys[0], keys[1] if hflip else None, samples=labeled, part=part,
+                     parts=parts)
+    part = tf.cast(part, tf.int64)
+    inputs = {'super_data': add_noise_per_image(x, image_keys(keys[2], part * n, n))}
     targets = {'super_clf': tf.gather(labels, labeled)}
     if pool is not None:
-        u = add_noise(random_shift(images, keys[3], samples=pool), keys[4])
+        m = tf.shape(pool, out_type=tf.int64)[0]
+        u = random_shift(images, keys[3], samples=pool, part=part, parts=parts)
+        u = add_noise_per_image(u, image_keys(keys[4], part * m, m))
         inputs['self_data'], targets['self_clf'] = proxy_transforms(u)
     return inputs, targets
 
@@ -374,13 +410,20 @@ STEPS_PER_CHUNK = 32  # steps whose indices the sampler hands to tf.data at once
 
 
 def make_dataset(images: np.ndarray, labels: np.ndarray, sampler: BatchSampler, seed: int,
-                 hflip: bool, first_step: int = 0, convert: Optional[Callable] = None):
+                 hflip: bool, first_step: int = 0, convert: Optional[Callable] = None,
+                 parts: Sequence[int] = (0,), n_parts: int = 1):
     """The training input pipeline: an endless tf.data stream of augmented steps.
 
     The training images live in one tensor; a Python generator yields only each
     step's indices from ``sampler``; augmentation (gather, shift, flip, noise,
     proxy views) runs vectorised in-graph on parallel map workers, and steps are
     prefetched while the model trains.
+
+    Under data parallelism every step is cut into ``n_parts`` equal slices, one
+    per replica, and the stream yields, step after step, the slices ``parts``
+    (those of this pipeline's replicas, in replica order). A slice holds exactly
+    the images, augmented exactly as, the single-device step holds at its
+    positions.
 
     Args:
         images: the training set, N×H×W×C float32 (preprocessed).
@@ -391,28 +434,42 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, sampler: BatchSampler, 
         first_step: the step the stream starts at (non-zero when resuming).
         convert: given, ``images`` are uint8 and each step's images are converted
             in the pipeline (see ``gather_converted``).
+        parts: the slices of each step this stream yields.
+        n_parts: the slices each step is cut into; must divide both batches.
     """
     tf = _tf()
+    if any(batch % n_parts for batch in sampler.batches):
+        raise ValueError('batches of %s images cannot be cut into %d equal parts'
+                         % (sampler.batches, n_parts))
     self_supervised = sampler.batches[1] > 0
     images, labels = tf.constant(images), tf.constant(labels)
+    parts = np.asarray(parts, np.int64)
+
+    def slices(batches):  # [steps, batch] → [steps × len(parts), batch / n_parts]
+        batches = np.stack(batches)
+        width = batches.shape[1] // n_parts
+        cut = batches.reshape(len(batches), n_parts, width)[:, parts]
+        return cut.reshape(len(batches) * len(parts), width)
 
     def chunks():  # STEPS_PER_CHUNK steps per call keeps Python off the per-step path
         start = first_step
         while True:
-            steps = range(start, start + STEPS_PER_CHUNK)
+            steps = np.arange(start, start + STEPS_PER_CHUNK, dtype=np.int64)
             labeled, pool = zip(*(sampler.batch(step) for step in steps))
-            yield np.stack(labeled), np.stack(pool), np.asarray(steps, np.int64)
+            yield (slices(labeled), slices(pool), np.repeat(steps, len(parts)),
+                   np.tile(parts, len(steps)))
             start += STEPS_PER_CHUNK
 
     dataset = tf.data.Dataset.from_generator(
-        chunks, (tf.int64, tf.int64, tf.int64),
-        (tf.TensorShape([None, None]), tf.TensorShape([None, None]), tf.TensorShape([None])))
+        chunks, (tf.int64, tf.int64, tf.int64, tf.int64),
+        (tf.TensorShape([None, None]), tf.TensorShape([None, None]), tf.TensorShape([None]),
+         tf.TensorShape([None])))
     dataset = dataset.flat_map(lambda *chunk: tf.data.Dataset.from_tensor_slices(chunk))
-    def build_step(labeled, pool, step):
+    def build_step(labeled, pool, step, part):
         x, y, pool = images, labels, pool if self_supervised else None
         if convert is not None:
             x, y, labeled, pool = gather_converted(x, y, labeled, pool, convert)
-        return augment_batch(x, y, labeled, pool, step, seed, hflip)
+        return augment_batch(x, y, labeled, pool, step, seed, hflip, part, n_parts)
 
     dataset = dataset.map(build_step, num_parallel_calls=tf.data.experimental.AUTOTUNE)
     return dataset.prefetch(4)

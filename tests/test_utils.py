@@ -265,3 +265,28 @@ def test_two_headed_model_parameter_counts(name, full, inference):
     assert train.count_params() == full
     assert infer.count_params() == inference
     assert [t.name.split(':')[0].split('/')[0] for t in train.inputs] == ['self_data', 'super_data']
+
+
+@pytest.mark.parametrize('convert', [False, True])
+def test_replica_slices_put_together_are_the_single_device_step(convert):
+    """Each replica's slice holds the images of the single-device step at its positions,
+    augmented identically: per-image random keys, offsets drawn for the whole step."""
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, 256, (40, 16, 16, 3)).astype(np.uint8)
+    y = np.eye(10, dtype=np.float32)[np.arange(40) % 10]
+    sampler = utils.BatchSampler(np.arange(20), np.arange(40), 4 * 6, 4, seed=2)
+    options = dict(convert=lambda t: t * 2.0 - 1.0) if convert else {}
+    images = x if convert else x.astype(np.float32) / 255.0
+    whole = take(utils.make_dataset(images, y, sampler, 2, True, first_step=3, **options), 2)
+    halves = take(utils.make_dataset(images, y, sampler, 2, True, first_step=3, parts=(0, 1),
+                                     n_parts=2, **options), 4)
+    second = take(utils.make_dataset(images, y, sampler, 2, True, first_step=3, parts=(1,),
+                                     n_parts=2, **options), 1)[0]
+    for step, (inputs, targets) in enumerate(whole):
+        for name, part in list(inputs.items()) + list(targets.items()):
+            pieces = [halves[2 * step + k][name in targets][name] for k in (0, 1)]
+            np.testing.assert_allclose(np.concatenate(pieces), part, rtol=0, atol=1e-6,
+                                       err_msg=name)
+    np.testing.assert_array_equal(second[0]['super_data'], halves[1][0]['super_data'])
+    with pytest.raises(ValueError):
+        utils.make_dataset(images, y, sampler, 2, True, n_parts=3)
