@@ -120,6 +120,20 @@ def exclusive():
     return lambda fn: fn()
 
 
+def replica_local_variable(value, name: str, average: bool = True):
+    """A non-trainable variable of which every replica of a data-parallel strategy
+    keeps its own copy (read across replicas: their mean, or with ``average``
+    False the first replica's), for state that each replica updates in its
+    training step. TF 1.15 has no such strategies here: a Keras backend
+    variable, which its Keras session initialises."""
+    if TF1:
+        return K.variable(value, dtype=value.dtype.name, name=name)
+    aggregation = (tf.VariableAggregation.MEAN if average
+                   else tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    return tf.Variable(value, name=name, trainable=False, aggregation=aggregation,
+                       synchronization=tf.VariableSynchronization.ON_READ)
+
+
 def set_seed(seed: int) -> None:
     """Seeds TensorFlow's global random generator (ops created later derive from it)."""
     if TF1:

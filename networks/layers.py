@@ -1,13 +1,16 @@
 """Layer settings and building blocks shared by the backbones: the reference
 networks all use he_normal kernels with L2 5e-4, and BatchNorm with momentum 0.99
 and epsilon 1e-3 after every convolution, whose moving statistics are updated as
-Keras 2.2.4 updates them (see ``BatchNormalization``)."""
+Keras 2.2.4 updates them (see ``BatchNormalization``). Under a data-parallel
+strategy BatchNorm can normalise with the statistics of the whole step
+(``global_batch_statistics``)."""
 
+import contextlib
 from typing import Optional
 
 import numpy as np
 
-from compat import K, constant_value, exclusive, keras, smart_cond, tf
+from compat import constant_value, exclusive, keras, replica_local_variable, smart_cond, tf
 
 WEIGHT_DECAY = 5e-4
 KERNEL_INIT = 'he_normal'
@@ -15,6 +18,21 @@ BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
 # Name under which each BatchNorm layer's debiasing state appears in checkpoints.
 DEBIAS_STATE = 'zero_debias'
+_GLOBAL_STATISTICS = [False]  # set while ``global_batch_statistics`` builds a network
+
+
+@contextlib.contextmanager
+def global_batch_statistics(enabled: bool = True):
+    """BatchNorm layers made inside this block normalise, when trained by several
+    replicas, with the mean and variance of the whole step (all replicas' images),
+    and update their moving statistics with them; outside it, each replica uses
+    its own slice's statistics, as Keras does."""
+    saved = _GLOBAL_STATISTICS[0]
+    _GLOBAL_STATISTICS[0] = enabled
+    try:
+        yield
+    finally:
+        _GLOBAL_STATISTICS[0] = saved
 
 
 def scaled(channels: int, width: float) -> int:
@@ -42,10 +60,12 @@ class DebiasState(tf.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        # Created through Keras' backend so that TF 1.15's Keras session initialises them.
-        self.count = K.variable(0, dtype='int64', name='count')
-        self.biased_mean = K.variable(np.zeros(channels, np.float32), name='biased_mean')
-        self.biased_variance = K.variable(np.zeros(channels, np.float32), name='biased_variance')
+        # One copy per replica, like Keras' moving statistics: each replica updates its own
+        # (equal ones under global statistics); a checkpoint stores their mean.
+        self.count = replica_local_variable(np.int64(0), 'count', average=False)
+        self.biased_mean = replica_local_variable(np.zeros(channels, np.float32), 'biased_mean')
+        self.biased_variance = replica_local_variable(np.zeros(channels, np.float32),
+                                                      'biased_variance')
         # Builds an update so that the other call of a shared layer cannot interleave with
         # it; set past tf.Module's attribute tracking, as it is not state to save.
         object.__setattr__(self, 'run_exclusive', exclusive())
@@ -72,7 +92,19 @@ class BatchNormalization(keras.layers.BatchNormalization):
     and model files are those of Keras' layer, and stock Keras loads a saved model
     as its own BatchNormalization (the class name is the same for that reason).
     Inference reads only the moving statistics, which hold the debiased values.
+
+    Made inside ``global_batch_statistics`` and trained by several replicas, the
+    layer normalises with the whole step's statistics (two all-reduces: the
+    per-channel sums and counts, then the squared deviations from the global
+    mean, which keeps the variance as accurate as the fused kernel's) and feeds
+    those to the same update, so the replicas' copies of the state stay equal and
+    the run computes what one device computes on the whole step.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Not in get_config: a training matter, and stock Keras must load the model files.
+        self.global_statistics = _GLOBAL_STATISTICS[0]
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -89,18 +121,23 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if constant_value(training) is False:
             return inference(inputs, training=False)
 
+        gamma = self.gamma if self.scale else tf.ones_like(self.moving_mean)
+        beta = self.beta if self.center else tf.zeros_like(self.moving_mean)
+        local_n = tf.size(inputs) // tf.shape(inputs)[-1]
+        replicas = tf.distribute.get_replica_context()
+
         def train():
-            return tf.compat.v1.nn.fused_batch_norm(
-                inputs, self.gamma if self.scale else tf.ones_like(self.moving_mean),
-                self.beta if self.center else tf.zeros_like(self.moving_mean),
-                epsilon=self.epsilon, is_training=True)
+            if self.global_statistics and replicas and replicas.num_replicas_in_sync > 1:
+                return _global_batch_norm(inputs, gamma, beta, self.epsilon, replicas)
+            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
+            return outputs, mean, variance, tf.cast(local_n, tf.float32)
 
         def infer():  # only built where ``training`` is a tensor (TF 1.15's learning phase)
             return (inference(inputs, training=False), tf.identity(self.moving_mean),
-                    tf.identity(self.moving_variance))
+                    tf.identity(self.moving_variance), tf.cast(local_n, tf.float32))
 
-        outputs, mean, variance = smart_cond(training, train, infer)
-        n = tf.size(inputs) // tf.size(mean)
+        outputs, mean, variance, n = smart_cond(training, train, infer)
         self.add_update(lambda: smart_cond(
             training, lambda: self.debias.run_exclusive(lambda: self._update(mean, variance, n)),
             lambda: tf.constant(0, tf.int64)))
@@ -110,7 +147,6 @@ class BatchNormalization(keras.layers.BatchNormalization):
         """One zero-debiased moving-average step, written as TensorFlow's
         ``assign_moving_average`` writes it; returns the new count."""
         state = self.debias
-        n = tf.cast(n, tf.float32)
         variance = variance * (n / (n - (1.0 + self.epsilon)))
         decay = tf.constant(1.0 - self.momentum, tf.float32)
         count = state.count.assign_add(1)
@@ -122,6 +158,28 @@ class BatchNormalization(keras.layers.BatchNormalization):
             updates.append(moving.assign(average / bias))
         with tf.control_dependencies(updates):
             return tf.identity(count)
+
+
+def _global_batch_norm(inputs, gamma, beta, epsilon: float, replicas):
+    """Batch normalisation of NHWC ``inputs`` with the statistics of every replica's
+    batch (``replicas``: the replica context).
+
+    Returns:
+        (outputs, global mean, global variance with Bessel's correction, as the
+        fused kernel returns it, number of values per channel in all replicas).
+    """
+    x = tf.cast(inputs, tf.float32)
+    axes = [0, 1, 2]
+    local_n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+    sums = replicas.all_reduce(tf.distribute.ReduceOp.SUM,
+                               tf.concat([tf.reduce_sum(x, axes), [local_n]], 0))
+    n = sums[-1]
+    mean = sums[:-1] / n
+    squares = replicas.all_reduce(tf.distribute.ReduceOp.SUM,
+                                  tf.reduce_sum(tf.square(x - mean), axes))
+    variance = squares / n
+    outputs = tf.nn.batch_normalization(x, mean, variance, beta, gamma, epsilon)
+    return tf.cast(outputs, inputs.dtype), mean, variance * (n / (n - 1.0)), n
 
 
 def has_debiased_batchnorm(model) -> bool:
