@@ -22,7 +22,10 @@ from utils import UsageError
 RUN_DEFINING = ('data', 'network', 'labels', 'mode', 'batch_size', 'epochs', 'seed', 'width',
                 'base_lr', 'lr_decay_power', 'max_steps', 'super_dropout', 'image_size', 'hflip',
                 'zca', 'test_fraction',
-                'precision')  # the precision in effect: float32, mixed_bfloat16, an NPU mode
+                'precision',  # the precision in effect: float32, mixed_bfloat16, an NPU mode
+                'replicas', 'scale_batch', 'sync_bn')  # data parallelism (see distribute.py)
+# What runs saved before a flag existed ran with.
+RUN_DEFAULTS = {'replicas': 1, 'scale_batch': False, 'sync_bn': False}
 
 # Fault injection for the crash tests: SESEMI_FAULT=<point>:<step> kills the
 # process with SIGKILL when it reaches <point> at training step <step>.
@@ -100,11 +103,13 @@ def check_resumable(saved: dict, cfg: dict) -> None:
     Raises:
         UsageError: listing every flag whose saved value differs.
     """
-    def name(key: str) -> str:  # 'precision' is resolved from --precision_mode and the device
-        return 'precision %s' % cfg[key] if key == 'precision' else '--%s=%s' % (key, cfg[key])
+    def name(key: str) -> str:  # resolved: precision from --precision_mode and the device,
+        if key in ('precision', 'replicas'):  # replicas from the strategy
+            return '%s %s' % (key, cfg[key])
+        return '--%s=%s' % (key, cfg[key])
 
-    diffs = ['%s (saved: %s)' % (name(k), saved.get(k))
-             for k in RUN_DEFINING if k in cfg and saved.get(k) != cfg[k]]
+    diffs = ['%s (saved: %s)' % (name(k), saved.get(k, RUN_DEFAULTS.get(k)))
+             for k in RUN_DEFINING if k in cfg and saved.get(k, RUN_DEFAULTS.get(k)) != cfg[k]]
     if diffs:
         raise UsageError('cannot resume: the saved run differs in %s; use the saved values or a '
                          'new --result' % ', '.join(diffs))

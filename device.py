@@ -280,19 +280,29 @@ def _set_tf1_session(config, deterministic: bool = False) -> None:
     tf.compat.v1.keras.backend.set_session(tf.compat.v1.Session(config=config))
 
 
-def optimizer_wrapper(cfg: dict) -> Optional[Callable]:
+def optimizer_wrapper(cfg: dict, all_reduce: Optional[Callable] = None) -> Optional[Callable]:
     """What to wrap the SGD optimizer in, for the precision in effect (after
     ``configure``); None when it is used as it is.
 
     TF 2 GPU float16 needs nothing: Keras' compile adds dynamic loss scaling
     under the mixed_float16 policy by itself; bfloat16 needs no loss scaling.
     A --dry_run compiles nothing that trains, and may lack the adapter.
+
+    Args:
+        cfg: the flags, with the device and precision in effect.
+        all_reduce: on an NPU with several ranks, the adapter's gradient
+            all-reduce around an optimizer (``distribute.DataParallel``). Under
+            allow_mix_precision it goes inside the loss-scale optimizer, whose
+            distributed option makes every rank skip an overflowing step together.
     """
     from compat import TF1
     if cfg['dry_run']:
         return None
     if cfg['device'] == 'npu' and cfg['precision'] == 'allow_mix_precision':
-        return _npu_loss_scale_tf1 if TF1 else _npu_loss_scale_tf2
+        scale = _npu_loss_scale_tf1 if TF1 else _npu_loss_scale_tf2
+        return lambda optimizer: scale(optimizer, all_reduce)
+    if all_reduce is not None:
+        return all_reduce
     if cfg['device'] == 'gpu' and cfg['precision'] == 'mixed_float16' and TF1:
         from compat import tf
         # Wraps the optimizer in Keras' dynamic loss scaling and turns on the
@@ -302,14 +312,16 @@ def optimizer_wrapper(cfg: dict) -> Optional[Callable]:
     return None
 
 
-def _npu_loss_scale_tf1(optimizer):
+def _npu_loss_scale_tf1(optimizer, all_reduce: Optional[Callable] = None):
     """The adapter's loss-scale optimizer around an equivalent TF 1.x optimizer.
 
     NPULossScaleOptimizer wraps ``tf.compat.v1.train.Optimizer``s only, so the
     Keras SGD is rebuilt as MomentumOptimizer (same momentum, Nesterov, and the
     same learning-rate schedule on Keras' step counter). On Ascend 910 an
     overflow saturates instead of giving Inf/NaN; the adapter's optimizer
-    detects it and skips that step.
+    detects it and skips that step. With ``all_reduce`` (several ranks) the
+    MomentumOptimizer is wrapped in it and the loss-scale optimizer is
+    distributed: the ranks agree on the overflow status.
     """
     # TF 1.15 exports neither of these; they are what compile() itself does
     # with a TF optimizer, done here so that the schedule can read the counter.
@@ -324,16 +336,24 @@ def _npu_loss_scale_tf1(optimizer):
     momentum = tf.compat.v1.train.MomentumOptimizer(
         lambda: schedule(keras_optimizer[0].iterations), config['momentum'],
         use_nesterov=config['nesterov'])
-    scaled = NPULossScaleOptimizer(momentum, ExponentialUpdateLossScaleManager(**NPU_LOSS_SCALE))
+    manager = ExponentialUpdateLossScaleManager(**NPU_LOSS_SCALE)
+    if all_reduce is None:
+        scaled = NPULossScaleOptimizer(momentum, manager)
+    else:
+        scaled = NPULossScaleOptimizer(all_reduce(momentum), manager, is_distributed=True)
     keras_optimizer.append(TFOptimizer(scaled))
     track_tf_optimizer(keras_optimizer[0])  # so that Keras initialises its slot variables
     return keras_optimizer[0]
 
 
-def _npu_loss_scale_tf2(optimizer):
+def _npu_loss_scale_tf2(optimizer, all_reduce: Optional[Callable] = None):
     """The adapter's Keras loss-scale optimizer (dynamic scale), which also sees
-    the saturating overflows of Ascend 910."""
+    the saturating overflows of Ascend 910, around the optimizer (with its
+    gradient ``all_reduce`` when given; the adapter all-reduces the overflow
+    status across ranks itself)."""
     import npu_device
+    if all_reduce is not None:
+        optimizer = all_reduce(optimizer)
     return npu_device.train.optimizer.NpuLossScaleOptimizer(optimizer, dynamic=True)
 
 

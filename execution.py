@@ -4,6 +4,10 @@
     --xla                  compile(jit_compile=...)         session global JIT level  always off
     --steps_per_execution  compile(steps_per_execution=N)   1 (no such option)        1
 
+Under --distribute=mirrored (TF 2.x) --steps_per_execution is the same compile
+argument (each call runs N steps on every replica) and --xla=on is refused
+(distribute.check_flags); --distribute=npu follows the NPU column.
+
 ``auto`` picks what measured faster on this project's CPU (docs/performance.md):
 XLA off (under TF 2.x its CPU convolutions run at half the speed of oneDNN's;
 under TF 1.15 it shortened the step by 5 % at width 1/8, not more than the 5 %

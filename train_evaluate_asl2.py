@@ -24,6 +24,7 @@ from absl import flags
 import cli
 import dataset
 import device
+import distribute
 import execution
 import networks
 from utils import MODES, UsageError
@@ -103,6 +104,7 @@ def define_flags(fv: flags.FlagValues) -> None:
                          'configuration and model summary, and exit without training.', flag_values=fv)
     device.define_flags(fv)
     execution.define_flags(fv)
+    distribute.define_flags(fv)
 
 
 def parse_config(argv: List[str]) -> dict:
@@ -148,6 +150,7 @@ def configure(argv: List[str]):
         cfg['resume'] = True
     else:
         cfg['ckpt_path'] = os.path.join(cfg['result'], 'checkpoints')
+    distribute.check_flags(cfg)  # first: --cpu_replicas selects the CPU
     device.check_flags(cfg)
     execution.check_flags(cfg)
     return cfg, info
@@ -208,35 +211,55 @@ class Training:
         n_labels = len(y_train) if cfg['labels'] is None else cfg['labels']
         self.split = utils.labeled_indices(y_train, n_labels, info.n_classes)
         self.self_supervised = cfg['mode'] != 'supervised'
-        labeled = np.asarray(self.split, dtype=np.int64)
-        pool_size = len(x_train) if cfg['mode'] == 'sesemi' else len(labeled)
-        self.steps_per_epoch = pool_size // cfg['batch_size']
+        self.labeled = np.asarray(self.split, dtype=np.int64)
+        self.pool_size = len(x_train) if cfg['mode'] == 'sesemi' else len(self.labeled)
+        self.x_train, self.y_train = x_train, y_train
+        self.info = info
+        self.split_files, self.skipped = data.split, data.skipped  # for split.json and the skip list
+        self.plan(distribute.known_replicas(cfg) or 1, 1)
+
+    def plan(self, replicas: int, share: float) -> None:
+        """Sizes the run for ``replicas`` replicas (--scale_batch), of which this
+        process trains the fraction ``share`` of every step.
+
+        Raises:
+            UsageError: the global batch is larger than the pool.
+        """
+        cfg = self.cfg
+        self.batch_size, self.base_lr = distribute.scaled(cfg, replicas)
+        self.steps_per_epoch = self.pool_size // self.batch_size
         if self.steps_per_epoch == 0:
-            raise UsageError('--batch_size=%d is larger than the %d images of the pool; lower it'
-                             % (cfg['batch_size'], pool_size))
+            raise UsageError('--batch_size=%d%s is larger than the %d images of the pool; lower it'
+                             % (cfg['batch_size'], ' x %d replicas' % replicas
+                                if cfg['scale_batch'] else '', self.pool_size))
         self.total_steps = self.steps_per_epoch * cfg['epochs']
         if cfg['max_steps']:
             self.total_steps = min(self.total_steps, cfg['max_steps'])
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.images_per_step = cfg['batch_size'] * IMAGES_PER_LABELED_STEP * (
+        # The images this process trains on per step (its replicas' slices).
+        self.images_per_step = int(self.batch_size * share) * IMAGES_PER_LABELED_STEP * (
             2 if self.self_supervised else 1)
-        self.x_train, self.y_train, self.labeled = x_train, y_train, labeled
-        self.info = info
-        self.split_files, self.skipped = data.split, data.skipped  # for split.json and the skip list
 
-    def build(self) -> None:
-        """Builds and compiles the models (after the device is configured)."""
+    def build(self, parallel: distribute.DataParallel) -> None:
+        """Builds and compiles the models in the strategy's scope (after the device
+        and the strategy are configured)."""
         import utils
         from compat import keras, set_seed
         cfg, info = self.cfg, self.info
+        self.parallel = parallel
+        self.plan(parallel.replicas, len(parallel.parts) / parallel.replicas)
         cfg.update(execution.configure(cfg, cfg['device'], self.steps_per_epoch))
         set_seed(cfg['seed'])
-        trunk = networks.get(cfg['network'])(info.shape, cfg['in_network_dropout'], cfg['width'])
-        self.model, self.inference = utils.build_models(
-            trunk, info.shape, info.n_classes, self.self_supervised, cfg['super_dropout'])
-        self.schedule = utils.lr_schedule(cfg['base_lr'], self.total_steps, cfg['lr_decay_power'])
-        utils.compile_model(self.model, self.schedule, self.self_supervised,
-                            device.optimizer_wrapper(cfg), **execution.compile_options(cfg))
+        with parallel.scope(), distribute.network_scope(cfg):
+            trunk = networks.get(cfg['network'])(info.shape, cfg['in_network_dropout'],
+                                                 cfg['width'])
+            self.model, self.inference = utils.build_models(
+                trunk, info.shape, info.n_classes, self.self_supervised, cfg['super_dropout'])
+            self.schedule = utils.lr_schedule(self.base_lr, self.total_steps,
+                                              cfg['lr_decay_power'])
+            utils.compile_model(self.model, self.schedule, self.self_supervised,
+                                device.optimizer_wrapper(cfg, parallel.all_reduce_wrapper()),
+                                **execution.compile_options(cfg))
         if cfg['xla'] == 'on':
             self.inference.jit_compile = True  # the dense evaluation's predict calls
         self.keras = keras
@@ -259,14 +282,15 @@ class Training:
         cfg = self.cfg
         pool = {'sesemi': np.arange(len(self.x_train)), 'asl': self.labeled, 'supervised': []}
         self.sampler = utils.BatchSampler(self.labeled, pool[cfg['mode']],
-                                          cfg['batch_size'] * IMAGES_PER_LABELED_STEP,
-                                          cfg['batch_size'], cfg['seed'])
+                                          self.batch_size * IMAGES_PER_LABELED_STEP,
+                                          self.batch_size, cfg['seed'])
         # One-hot rows of the labeled images; the unlabeled images after them get zeros.
         labels = np.zeros((len(self.x_train), self.info.n_classes), np.float32)
         labels[np.arange(len(self.y_train)), self.y_train] = 1
         convert = self.preprocessing.apply_tf if self.x_train.dtype == np.uint8 else None
-        return utils.make_dataset(self.x_train, labels, self.sampler, cfg['seed'], self.info.hflip,
-                                  first_step, convert)
+        return self.parallel.dataset(lambda parts, n_parts: utils.make_dataset(
+            self.x_train, labels, self.sampler, cfg['seed'], self.info.hflip, first_step, convert,
+            parts, n_parts))
 
     def fit_phases(self, step: int):
         """Keras fit calls that train from ``step`` to ``total_steps``.
@@ -484,13 +508,20 @@ def run(argv: List[str]) -> int:
     if cfg['deterministic']:
         make_deterministic()
     cfg.update(device.configure(cfg))
+    parallel = distribute.configure(cfg, device.import_adapter()[0] if cfg['device'] == 'npu'
+                                    else None)
+    cfg['replicas'] = parallel.replicas
     if cfg['resume'] and not cfg['dry_run']:
-        check_saved_run(cfg)  # again with what configure resolved: the precision in effect
-    training.build()
+        check_saved_run(cfg)  # again with what configure resolved: precision and replicas
+    training.build(parallel)
     cfg['tf_version'] = tf.__version__
     print('Configuration:\n' + json.dumps(cfg, indent=2, sort_keys=True), flush=True)
     print('Labeled images %d, steps per epoch %d, epochs %d, total steps %d'
           % (len(training.split), training.steps_per_epoch, training.epochs, training.total_steps))
+    if parallel.replicas > 1 or cfg['distribute'] != 'none':
+        print('Data parallel (%s): %d replicas, global batch %d (%d per replica), base lr %g'
+              % (cfg['distribute'], parallel.replicas, training.batch_size,
+                 training.batch_size // parallel.replicas, training.base_lr))
     print_summary(training.model)
     if cfg['dry_run']:
         print(device.describe(cfg))
@@ -534,7 +565,8 @@ def train_and_evaluate(training: Training) -> int:
     ckpts = Checkpoints(cfg['ckpt_path'], training.model, cfg['keep_checkpoints'])
     step, rows = 0, []
     if cfg['resume']:
-        restored = ckpts.restore_newest(warn=lambda text: print(text, file=sys.stderr))
+        with training.parallel.scope():  # the optimizer's slots are made as the model's
+            restored = ckpts.restore_newest(warn=lambda text: print(text, file=sys.stderr))
         if restored:
             step = int(to_float(training.model.optimizer.iterations))
             rows = [r for r in read_metrics(os.path.join(result, 'metrics.jsonl')) if r['step'] <= step]
@@ -553,7 +585,7 @@ def train_and_evaluate(training: Training) -> int:
     start = time.time()
     with Interrupt() as interrupt:
         logger = make_logger(training, rows, ckpts, interrupt)
-        device_callbacks = device.callbacks(cfg)
+        device_callbacks = device.callbacks(cfg) + training.parallel.callbacks()
         for initial_epoch, epochs, steps_per_epoch, first_step in training.fit_phases(step):
             training.model.fit(training.dataset(first_step), initial_epoch=initial_epoch,
                                epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
@@ -581,7 +613,8 @@ def train_and_evaluate(training: Training) -> int:
         'steps': final['step'], 'wall_seconds': time.time() - start,
         'tf_version': cfg['tf_version'], 'labels': cfg['labels'], 'mode': cfg['mode'],
         'network': cfg['network'], 'data': cfg['data'], 'precision': cfg['precision'],
-        'xla': cfg['xla'], 'steps_per_execution': cfg['steps_per_execution']})
+        'xla': cfg['xla'], 'steps_per_execution': cfg['steps_per_execution'],
+        'distribute': cfg['distribute'], 'replicas': cfg['replicas']})
     print('Final test error: dense %.4f, single view %.4f (%d steps). Results in %s'
           % (final['error_dense'], final['error_single'], final['step'], result))
     return 0

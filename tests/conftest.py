@@ -100,6 +100,24 @@ def tiny_cifar10(tmp_path):
     return write_cifar10(str(tmp_path / 'cifar-10-batches-py'))
 
 
+def stub_adapter_tf1(monkeypatch, loss_scale_optimizer, manager=lambda **kwargs: 'manager',
+                     **npu_init):
+    """Installs stand-ins for the TF 1.15 Ascend adapter's modules: the loss-scale optimizer
+    and manager given, and ``npu_init`` holding the names given. Returns npu_init."""
+    import types
+    modules = {'npu_bridge': {}, 'npu_bridge.npu_init': npu_init,
+               'npu_bridge.estimator': {}, 'npu_bridge.estimator.npu': {},
+               'npu_bridge.estimator.npu.npu_loss_scale_manager':
+                   {'ExponentialUpdateLossScaleManager': manager},
+               'npu_bridge.estimator.npu.npu_loss_scale_optimizer':
+                   {'NPULossScaleOptimizer': loss_scale_optimizer}}
+    for name, attributes in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attributes)
+        monkeypatch.setitem(sys.modules, name, module)
+    return sys.modules['npu_bridge.npu_init']
+
+
 def expect_usage_error(capsys, argv, *words):
     """Runs the training entry with ``argv``; checks exit code 2 and one error line
     on stderr holding every one of ``words``."""

@@ -14,7 +14,7 @@ import pytest
 
 import device
 import train_evaluate_asl2 as entry
-from conftest import ROOT, expect_usage_error, write_fashion_mnist
+from conftest import ROOT, expect_usage_error, stub_adapter_tf1, write_fashion_mnist
 from utils import UsageError
 
 # 40 training images, 20 labeled: 10 steps per epoch (asl), 4 steps in all.
@@ -377,15 +377,7 @@ def test_npu_loss_scaling_tf1_wraps_a_v1_optimizer(monkeypatch):
         made['optimizer'] = (opt, loss_scale_manager)
         return opt
 
-    modules = {'npu_bridge': {}, 'npu_bridge.estimator': {}, 'npu_bridge.estimator.npu': {},
-               'npu_bridge.estimator.npu.npu_loss_scale_manager':
-                   {'ExponentialUpdateLossScaleManager': manager},
-               'npu_bridge.estimator.npu.npu_loss_scale_optimizer':
-                   {'NPULossScaleOptimizer': loss_scale_optimizer}}
-    for name, attributes in modules.items():
-        module = types.ModuleType(name)
-        module.__dict__.update(attributes)
-        monkeypatch.setitem(sys.modules, name, module)
+    stub_adapter_tf1(monkeypatch, loss_scale_optimizer, manager)
     K.clear_session()
     try:
         wrap = device.optimizer_wrapper(npu_cfg(precision='allow_mix_precision'))

@@ -1,0 +1,323 @@
+"""Data-parallel training (distribute.py): the flag checks, mirrored training over two
+logical CPU devices against one device (same weights with --sync_bn), exact resume under
+the strategy, and the Ascend HCCL wiring checked through stand-ins for the adapter."""
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import checkpoints
+import device
+import distribute
+from conftest import ROOT, expect_usage_error, idx_bytes, stub_adapter_tf1, write_bytes
+from utils import UsageError
+
+# 40 training images, 20 labeled (asl pool = labeled): 5 steps per epoch at batch 4, 4 steps.
+# At the default --base_lr=0.05 this 1/16-width network amplifies the two runs' round-off
+# differences (about 1e-6 after two steps) to 1e-2 by the fourth step; at 0.005 much less.
+TINY = ['--data=fashion_mnist', '--network=convnet', '--width=0.0625', '--labels=20',
+        '--batch_size=4', '--epochs=1', '--max_steps=4', '--super_dropout=0', '--deterministic',
+        '--base_lr=0.005']
+MIRRORED = ['--distribute=mirrored', '--cpu_replicas=2']
+
+
+def tf1() -> bool:
+    from compat import TF1
+    return TF1
+
+
+def run_cli(data, result, *extra, fault=None):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
+    env.pop(checkpoints.FAULT_ENV, None)
+    if fault:
+        env[checkpoints.FAULT_ENV] = fault
+    command = [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py'), '--dataset=' + data,
+               '--result=' + result] + TINY + list(extra)
+    return subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+
+
+# ------------------------------------------------------------------ flags
+
+@pytest.mark.parametrize('argv,words', [
+    (['--distribute=npu'], ['--distribute=npu', '--device=npu']),
+    (['--distribute=mirrored', '--device=npu'], ['--distribute=npu']),
+    (['--cpu_replicas=2'], ['--cpu_replicas=2', '--distribute=mirrored']),
+    (['--distribute=mirrored', '--cpu_replicas=2', '--device=gpu'], ['--device=gpu']),
+    (['--sync_bn'], ['--sync_bn', '--distribute']),
+    (['--scale_batch'], ['--scale_batch', '--distribute']),
+    (['--distribute=mirrored', '--cpu_replicas=3', '--batch_size=16'],
+     ['--batch_size=16', '3 replicas', '--scale_batch']),
+    (['--distribute=mirrored', '--cpu_replicas=2', '--xla=on'], ['--xla=on', 'mirrored']),
+    (['--distribute=unknown'], ['--distribute']),
+])
+def test_bad_distribute_flags(capsys, tiny_fashion, argv, words):
+    if tf1() and '--distribute=mirrored' in argv and '--device=npu' not in argv:
+        words = ['TensorFlow 2']  # refused first, whatever else is wrong
+    expect_usage_error(capsys, ['--data=fashion_mnist', '--dataset=' + tiny_fashion,
+                                '--labels=20', '--dry_run'] + argv, *words)
+
+
+def test_npu_rank_environment(capsys, tiny_fashion, monkeypatch):
+    base = ['--data=fashion_mnist', '--dataset=' + tiny_fashion, '--labels=20', '--device=npu',
+            '--distribute=npu', '--dry_run']
+    monkeypatch.setenv('RANK_SIZE', '8')
+    monkeypatch.setenv('RANK_ID', '8')
+    expect_usage_error(capsys, base, 'RANK_ID', 'RANK_SIZE=8')
+    monkeypatch.setenv('RANK_ID', '3')
+    expect_usage_error(capsys, base + ['--batch_size=12'], '--batch_size=12', '8 replicas')
+    expect_usage_error(capsys, base + ['--sync_bn'], '--sync_bn', 'synchronised')
+
+
+def test_mirrored_and_sync_bn_are_refused_on_tf1(capsys, tiny_fashion):
+    if not tf1():
+        pytest.skip('TF 1.15 only')
+    expect_usage_error(capsys, ['--data=fashion_mnist', '--dataset=' + tiny_fashion, '--labels=20',
+                                '--dry_run'] + MIRRORED + ['--sync_bn'], 'TensorFlow 2')
+
+
+def test_scaled_batch_and_learning_rate():
+    cfg = {'batch_size': 16, 'base_lr': 0.05, 'scale_batch': False}
+    assert distribute.scaled(cfg, 4) == (16, 0.05)
+    assert distribute.scaled(dict(cfg, scale_batch=True), 4) == (64, 0.2)
+
+
+def test_resume_refuses_other_data_parallel_settings():
+    saved = {'batch_size': 4, 'replicas': 2, 'sync_bn': True, 'scale_batch': False}
+    checkpoints.check_resumable(saved, dict(saved))
+    with pytest.raises(UsageError, match='replicas 1.*--sync_bn=False'):
+        checkpoints.check_resumable(saved, dict(saved, replicas=1, sync_bn=False))
+    # A run saved before these settings existed ran on one device, per-device statistics.
+    checkpoints.check_resumable({'batch_size': 4}, {'batch_size': 4, 'replicas': 1,
+                                                    'sync_bn': False, 'scale_batch': False})
+
+
+# ------------------------------------------------------- mirrored, end to end
+
+def load_weights(path):
+    """(weights, their names) of a model file."""
+    from compat import K, keras
+    K.clear_session()
+    model = keras.models.load_model(path, compile=False)
+    weights, names = model.get_weights(), [w.name for w in model.weights]
+    K.clear_session()
+    return weights, names
+
+
+def differences(weights, names, reference):
+    """(max over tensors of max|w − r| / max|r|, max|w − r| of the BatchNorm offsets,
+    max|w − r| of the convolution biases). The last two are compared absolutely: BatchNorm
+    removes a bias in front of it, so its gradient is round-off alone (it stays about
+    1e-9 from zero), and an offset followed by another convolution and BatchNorm has a
+    gradient that is a small sum of large, nearly cancelling terms."""
+    relative, offsets, biases = [0.0], [0.0], [0.0]
+    for w, name, r in zip(weights, names, reference):
+        difference = float(np.max(np.abs(w - r)))
+        if 'conv/bias' in name:
+            biases.append(difference)
+        elif 'beta' in name:
+            offsets.append(difference)
+        else:
+            relative.append(difference / float(np.max(np.abs(r))))
+    return max(relative), max(offsets), max(biases)
+
+
+def write_noise_fashion_mnist(folder):
+    """Fashion-MNIST files of uniform noise images. (The stripes of ``class_images`` clip
+    to flat regions, whose max-pooling windows hold near-ties: a round-off difference
+    between two runs then routes a gradient to another pixel, a jump rather than a
+    round-off difference.)"""
+    os.makedirs(folder)
+    rng = np.random.RandomState(0)
+    for prefix, count in (('train', 40), ('t10k', 30)):
+        write_bytes(os.path.join(folder, prefix + '-images-idx3-ubyte.gz'),
+                    idx_bytes(rng.randint(0, 256, (count, 28, 28))))
+        write_bytes(os.path.join(folder, prefix + '-labels-idx1-ubyte.gz'),
+                    idx_bytes(np.arange(count) % 10))
+    return folder
+
+
+@pytest.fixture(scope='module')
+def mirrored_runs(tmp_path_factory):
+    """Runs 4 steps at global batch 4 on one device and under MirroredStrategy over 2 CPU
+    devices (with and without --sync_bn), and a mirrored run killed after its step-2
+    checkpoint then resumed. Maps each name to (CompletedProcess, result folder)."""
+    if tf1():
+        pytest.skip('TF 2 only (TF 1.15 refuses --distribute=mirrored)')
+    base = tmp_path_factory.mktemp('mirrored')
+    data = write_noise_fashion_mnist(str(base / 'fashion'))
+    runs = {'single': [], 'sync': MIRRORED + ['--sync_bn'], 'per_replica': MIRRORED}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        started = {name: pool.submit(run_cli, data, str(base / name), *flags)
+                   for name, flags in runs.items()}
+        resumed = str(base / 'resumed')
+        killed = pool.submit(run_cli, data, resumed, '--ckpt_every_steps=2', '--sync_bn',
+                             *MIRRORED, fault='step:3').result()
+        done = {name: (future.result(), str(base / name)) for name, future in started.items()}
+    done['killed'] = (killed, resumed)
+    done['resumed'] = (run_cli(data, resumed, '--ckpt_every_steps=2', '--sync_bn', '--resume',
+                               *MIRRORED), resumed)
+    return done
+
+
+@pytest.mark.slow
+def test_mirrored_sync_bn_gives_the_single_device_weights(mirrored_runs):
+    for name in ('single', 'sync', 'per_replica'):
+        proc, _ = mirrored_runs[name]
+        assert proc.returncode == 0, (name, proc.stderr[-3000:])
+    single, names = load_weights(os.path.join(mirrored_runs['single'][1], 'model.h5'))
+    sync, _ = load_weights(os.path.join(mirrored_runs['sync'][1], 'model.h5'))
+    per_replica, _ = load_weights(os.path.join(mirrored_runs['per_replica'][1], 'model.h5'))
+    sync_difference = differences(sync, names, single)
+    per_replica_difference = differences(per_replica, names, single)
+    print('\nto one device after 4 steps (max relative; BatchNorm offsets, conv biases absolute): '
+          '--sync_bn %.3g; %.3g, %.3g. per-replica BatchNorm %.3g; %.3g, %.3g'
+          % (sync_difference + per_replica_difference))
+    relative, offsets, biases = sync_difference
+    assert relative < 1e-3 and offsets < 1e-4 and biases < 1e-7
+    # Per-replica statistics (12 labeled images, 12 proxy views per replica) train another model.
+    assert per_replica_difference[0] > 10 * relative
+    assert per_replica_difference[1] > 10 * offsets
+    assert all(np.all(np.isfinite(w)) for w in per_replica)
+    proc, result = mirrored_runs['sync']
+    assert '2 replicas, global batch 4 (2 per replica)' in proc.stdout
+    with open(os.path.join(result, 'result.json')) as f:
+        final = json.load(f)
+    assert (final['steps'], final['replicas'], final['distribute']) == (4, 2, 'mirrored')
+    assert 0.0 <= final['error_dense'] <= 1.0
+    with open(os.path.join(result, 'args.json')) as f:
+        args = json.load(f)
+    assert (args['replicas'], args['sync_bn'], args['device']) == (2, True, 'cpu')
+
+
+@pytest.mark.slow
+def test_mirrored_run_resumes_exactly(mirrored_runs):
+    killed, result = mirrored_runs['killed']
+    assert killed.returncode < 0, killed.stderr[-3000:]  # SIGKILL at step 3
+    proc, _ = mirrored_runs['resumed']
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'Resuming from' in proc.stdout and 'at step 2' in proc.stdout
+    with open(os.path.join(result, 'result.json')) as f:
+        assert json.load(f)['steps'] == 4
+    resumed, _ = load_weights(os.path.join(result, 'model.h5'))
+    whole, _ = load_weights(os.path.join(mirrored_runs['sync'][1], 'model.h5'))
+    for a, b in zip(resumed, whole):
+        np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------- Ascend HCCL, through stand-ins
+
+def npu_rank_cfg(monkeypatch, rank=3, size=8, **changes):
+    """Rank 3 of 8, as test/train_full_8p.sh starts it; a resolved NPU configuration."""
+    monkeypatch.setenv('RANK_ID', str(rank))
+    monkeypatch.setenv('RANK_SIZE', str(size))
+    cfg = {'device': 'npu', 'distribute': 'npu', 'precision': 'allow_fp32_to_fp16',
+           'dry_run': False, 'batch_size': 16, 'scale_batch': False}
+    cfg.update(changes)
+    return cfg
+
+
+def test_npu_rank_feeds_its_slice_of_every_step(monkeypatch):
+    parallel = distribute.configure(npu_rank_cfg(monkeypatch), adapter=types.ModuleType('stub'))
+    assert (parallel.replicas, parallel.parts) == (8, [3])
+    assert parallel.dataset(lambda parts, n_parts: (parts, n_parts)) == ([3], 8)
+    alone = distribute.configure(npu_rank_cfg(monkeypatch, 0, 1, batch_size=3), adapter=object())
+    assert alone.replicas == 1 and alone.all_reduce_wrapper() is None and alone.callbacks() == []
+    with pytest.raises(UsageError, match='--batch_size=12 cannot be split across 8'):
+        distribute.configure(npu_rank_cfg(monkeypatch, batch_size=12), adapter=object())
+
+
+class FakeNpuDevice(types.ModuleType):
+    """Stands in for TF 2's npu_device: records the collectives it is asked for."""
+
+    def __init__(self):
+        super().__init__('npu_device')
+        self.calls = []
+
+        def all_reduce(values, reduction):
+            self.calls.append(('all_reduce', len(values), reduction))
+            return [v * 0.5 for v in values]  # as if the other ranks had zero gradients
+
+        def broadcast(variables, root_rank):
+            self.calls.append(('broadcast', len(variables), root_rank))
+
+        self.distribute = types.SimpleNamespace(all_reduce=all_reduce, broadcast=broadcast)
+        self.train = types.SimpleNamespace(optimizer=types.SimpleNamespace(
+            NpuLossScaleOptimizer=lambda opt, dynamic: ('scaled', opt, dynamic)))
+
+
+def test_npu_hccl_wiring_tf2(monkeypatch):
+    if tf1():
+        pytest.skip('TF 2 only')
+    from compat import keras, tf
+    npu = FakeNpuDevice()
+    monkeypatch.setitem(sys.modules, 'npu_device', npu)
+    cfg = npu_rank_cfg(monkeypatch, precision='allow_mix_precision')
+    parallel = distribute.configure(cfg, adapter=npu)
+    # Mixed precision: the adapter's loss-scale optimizer around the all-reducing SGD.
+    kind, sgd, dynamic = device.optimizer_wrapper(cfg, parallel.all_reduce_wrapper())(
+        keras.optimizers.SGD(0.1))
+    assert (kind, dynamic) == ('scaled', True)
+    weight = tf.Variable([1.0, 1.0])
+    sgd.apply_gradients([(tf.constant([1.0, 2.0]), weight)])
+    np.testing.assert_allclose(weight.numpy(), [0.95, 0.9])  # the averaged gradient was applied
+    assert npu.calls == [('all_reduce', 1, 'mean')]
+    # float32 modes: the all-reducing SGD itself.
+    plain = device.optimizer_wrapper(dict(cfg, precision='allow_fp32_to_fp16'),
+                                     parallel.all_reduce_wrapper())(keras.optimizers.SGD(0.1))
+    assert isinstance(plain, keras.optimizers.SGD)
+    # Rank 0's weights everywhere before the first step, once.
+    callback, = parallel.callbacks()
+    model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
+    callback.set_model(model)
+    callback.on_train_begin()
+    callback.on_train_begin()
+    assert npu.calls[1:] == [('broadcast', 2, 0)]
+
+
+def test_npu_hccl_wiring_tf1(monkeypatch):
+    if not tf1():
+        pytest.skip('TF 1.15 only')
+    from compat import K, keras, tf
+    import utils
+    made = {}
+
+    def wrapper(optimizer):
+        made.setdefault('all_reduce', []).append(optimizer)
+        return optimizer
+
+    def loss_scale_optimizer(opt, loss_scale_manager, is_distributed=False):
+        made['loss_scale'] = (opt, is_distributed)
+        return opt
+
+    class Broadcast(keras.callbacks.Callback):
+        def __init__(self, root_rank):
+            super().__init__()
+            self.root_rank = root_rank
+
+    adapter = stub_adapter_tf1(monkeypatch, loss_scale_optimizer,
+                               npu_distributed_optimizer_wrapper=wrapper,
+                               NPUBroadcastGlobalVariablesCallback=Broadcast)
+    K.clear_session()
+    try:
+        cfg = npu_rank_cfg(monkeypatch, precision='allow_mix_precision')
+        parallel = distribute.configure(cfg, adapter=adapter)
+        wrap = device.optimizer_wrapper(cfg, parallel.all_reduce_wrapper())
+        wrap(keras.optimizers.SGD(utils.lr_schedule(0.1, 4, 1.0), momentum=0.9, nesterov=True))
+        momentum, = made['all_reduce']
+        assert isinstance(momentum, tf.compat.v1.train.MomentumOptimizer)
+        assert made['loss_scale'] == (momentum, True)  # the ranks agree on overflows
+        sgd = keras.optimizers.SGD(0.1)
+        assert device.optimizer_wrapper(dict(cfg, precision='allow_fp32_to_fp16'),
+                                        parallel.all_reduce_wrapper())(sgd) is sgd
+        assert made['all_reduce'][1] is sgd
+        callback, = parallel.callbacks()
+        assert isinstance(callback, Broadcast) and callback.root_rank == 0
+    finally:
+        K.clear_session()
