@@ -56,8 +56,8 @@ REPORT_LOCK = threading.Lock()  # the workers rewrite the report in turn
 CELLS = (
     Cell(0.25, 250, 'sesemi', 1500, (0, 1, 2), 'mandatory'),
     Cell(0.25, 1000, 'sesemi', 1500, (0, 1, 2), 'mandatory'),
-    Cell(0.25, 250, 'sesemi', 750, (0, 1, 2, 3, 4), 'demo budget'),
-    Cell(0.25, 250, 'asl', 750, (0, 1, 2, 3, 4), 'demo budget'),
+    Cell(0.125, 250, 'sesemi', 1500, (0, 1, 2, 3, 4), 'demo budget'),
+    Cell(0.125, 250, 'asl', 1500, (0, 1, 2, 3, 4), 'demo budget'),
     Cell(0.25, 250, 'asl', 1500, (0, 1, 2), ''),
     Cell(0.25, 100, 'sesemi', 1500, (0, 1, 2), ''),
     Cell(0.5, 250, 'sesemi', 1500, (0, 1, 2), ''),
