@@ -33,9 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--labels', type=int, default=250, help='labeled training images (default %(default)s)')
     parser.add_argument('--mode', default='sesemi', choices=('asl', 'sesemi'),
                         help='self-supervised mode compared with the baseline (default %(default)s)')
-    parser.add_argument('--width', type=float, default=0.25,
+    parser.add_argument('--width', type=float, default=0.125,
                         help='ConvNet channel multiplier (default %(default)s)')
-    parser.add_argument('--steps', type=int, default=750, help='training steps of each run (default %(default)s)')
+    parser.add_argument('--steps', type=int, default=1500, help='training steps of each run (default %(default)s)')
     parser.add_argument('--evaluations', type=int, default=3,
                         help='dense test evaluations along each run, for the curves (default %(default)s)')
     parser.add_argument('--seed', type=int, default=0, help='seed of both runs (default %(default)s)')
