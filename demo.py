@@ -14,6 +14,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -106,15 +107,11 @@ def measured(args: argparse.Namespace, path: str = TABLE) -> str:
             return ('The measured table (docs/fashion_table.md), seeds %s: supervised %.2f %%, %s '
                     '%.2f %% (seed spread %.2f-%.2f %%); gain %+.2f +/- %.2f points (mean +/- SE), '
                     '95 %% interval [%+.2f, %+.2f]: %s.' % (
-                        ','.join(map(str, cell['seeds'])), mean(cell['supervised']), cell['mode'],
-                        mean(cell['self']), min(cell['self']), max(cell['self']), cell['gain_mean'],
-                        cell['gain_se'], low, high, verdict))
+                        ','.join(map(str, cell['seeds'])), statistics.mean(cell['supervised']),
+                        cell['mode'], statistics.mean(cell['self']), min(cell['self']),
+                        max(cell['self']), cell['gain_mean'], cell['gain_se'], low, high, verdict))
     return ('This setting is not in the measured table (docs/fashion_table.md); one seed shows '
             'little, as errors vary by several points between seeds.')
-
-
-def mean(values: list) -> float:
-    return sum(values) / len(values)
 
 
 def plot(runs: list, path: str) -> None:
