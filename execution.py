@@ -35,6 +35,9 @@ XLA_CHOICES = ('auto', 'on', 'off')
 # that a SIGTERM or a non-finite loss is seen within a few seconds of it.
 AUTO_STEPS_PER_EXECUTION = 8
 DEBUG_AIDS = ('over_dump', 'data_dump_flag', 'profiling')
+# Flags of actions taken every N steps, which must fall between executions.
+STEP_INTERVALS = (('ckpt_every_steps', 'checkpoints are written'),
+                  ('eval_every_steps', 'the test set is evaluated'))
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -58,8 +61,8 @@ def check_flags(cfg: dict) -> None:
 
     Raises:
         UsageError: XLA or several steps per execution asked for together with a
-            debugging aid that needs every step; --ckpt_every_steps not a multiple
-            of --steps_per_execution.
+            debugging aid that needs every step; --ckpt_every_steps or
+            --eval_every_steps not a multiple of --steps_per_execution.
     """
     aids = _debug_aids(cfg)
     if aids and cfg['xla'] == 'on':
@@ -69,11 +72,12 @@ def check_flags(cfg: dict) -> None:
         raise UsageError('--steps_per_execution=%d cannot be used with %s, which need one step '
                          'per execution; leave it at 0 (auto)' % (cfg['steps_per_execution'],
                                                                   ', '.join(aids)))
-    every, per_call = cfg['ckpt_every_steps'], cfg['steps_per_execution']
-    if every and per_call > 1 and every % per_call:
-        raise UsageError('--ckpt_every_steps=%d is not a multiple of --steps_per_execution=%d '
-                         '(checkpoints are written between executions); change one of them'
-                         % (every, per_call))
+    per_call = cfg['steps_per_execution']
+    for name, what in STEP_INTERVALS:
+        every = cfg.get(name) or 0
+        if every and per_call > 1 and every % per_call:
+            raise UsageError('--%s=%d is not a multiple of --steps_per_execution=%d (%s between '
+                             'executions); change one of them' % (name, every, per_call, what))
 
 
 def prepare_environment(cfg: dict) -> None:
@@ -97,13 +101,14 @@ def resolve(cfg: dict, device: str, tf1: bool, steps_per_epoch: int) -> Dict[str
 
     Keras runs an epoch's steps in executions of ``steps_per_execution``,
     the last one cut at the epoch's end. Checkpoints (every --ckpt_every_steps)
-    are written between executions, so the executions must end on those steps:
-    auto takes the largest count up to ``AUTO_STEPS_PER_EXECUTION`` that divides
-    both the epoch and the checkpoint interval; an explicit count must divide both.
+    and evaluations (every --eval_every_steps) happen between executions, so the
+    executions must end on those steps: auto takes the largest count up to
+    ``AUTO_STEPS_PER_EXECUTION`` that divides the epoch and both intervals; an
+    explicit count must divide them.
 
     Args:
-        cfg: the flags (``xla``, ``steps_per_execution``, ``ckpt_every_steps``
-            and the debugging aids).
+        cfg: the flags (``xla``, ``steps_per_execution``, ``ckpt_every_steps``,
+            ``eval_every_steps`` and the debugging aids).
         device: the device in use: cpu, gpu or npu.
         tf1: whether TensorFlow 1.15 runs.
         steps_per_epoch: training steps of one epoch.
@@ -134,8 +139,9 @@ def resolve(cfg: dict, device: str, tf1: bool, steps_per_epoch: int) -> Dict[str
     if not per_call:
         per_call = 1 if tf1 or device == 'npu' or _debug_aids(cfg) else AUTO_STEPS_PER_EXECUTION
         per_call = math.gcd(per_call, steps_per_epoch)
-        if cfg['ckpt_every_steps']:
-            per_call = math.gcd(per_call, cfg['ckpt_every_steps'])
+        for name, _ in STEP_INTERVALS:
+            if cfg.get(name):
+                per_call = math.gcd(per_call, cfg[name])
     return {'xla': 'on' if cfg['xla'] == 'on' else 'off', 'steps_per_execution': per_call}
 
 

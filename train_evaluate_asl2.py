@@ -78,6 +78,9 @@ def define_flags(fv: flags.FlagValues) -> None:
                          '(the labeled split always uses the reference seed 1).', flag_values=fv)
     flags.DEFINE_integer('eval_every', 0, 'Evaluate on the test set every N epochs (0: only at the end).',
                          lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer('eval_every_steps', 0, 'Also evaluate on the test set every N training '
+                         'steps, inside epochs too (0: off); for sesemi, whose epochs are long.',
+                         lower_bound=0, flag_values=fv)
     flags.DEFINE_integer('max_steps', None, 'Cap on total training steps; the learning-rate schedule '
                          'spans the capped length.', lower_bound=1, flag_values=fv)
     flags.DEFINE_float('width', 1.0, 'Channel multiplier of the trunk (1.0 = the paper\'s networks).',
@@ -359,7 +362,8 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
     written, so the last good one stays the newest); saves a checkpoint every
     ``ckpt_every_steps`` or when a SIGTERM/Ctrl-C arrived; shows progress.
     Per epoch: evaluates when due, appends the epoch's row to metrics.jsonl,
-    prints it, then saves a checkpoint. The step count is read from the
+    prints it, then saves a checkpoint; every ``eval_every_steps`` inside an
+    epoch, a row with the epoch's losses so far and an evaluation. The step count is read from the
     optimizer once per epoch and followed from Keras' batch index in between.
     """
     from checkpoints import fault_point, folder_guard, write_metrics
@@ -391,7 +395,38 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
                 ckpts.save(step)
                 self.saved_step = step
 
+        def evaluation_due(self, step: int) -> bool:
+            every = cfg['eval_every_steps']
+            return bool(every) and step % every == 0
+
+        def record(self, epoch: int, step: int, logs: dict, evaluate: bool) -> dict:
+            """Appends the row of ``step`` to metrics.jsonl, the log, the console and TensorBoard."""
+            seconds = time.time() - self.start
+            steps = step - self.start_step
+            row = {'epoch': epoch + 1, 'step': step,
+                   'lr': to_float(run.schedule(step)),
+                   'loss': float(logs['loss']),
+                   'super_loss': float(logs.get('super_clf_loss', logs.get('categorical_crossentropy'))),
+                   'self_loss': float(logs['self_clf_loss']) if 'self_clf_loss' in logs else None,
+                   'ms_per_step': 1000.0 * seconds / max(1, steps),
+                   'images_per_sec': steps * run.images_per_step / max(seconds, 1e-9)}
+            if evaluate:
+                fault_point('evaluation', step)
+                row.update(run.evaluate())
+            rows.append(row)
+            check_folder()
+            write_metrics(metrics_path, rows)
+            line = format_row(row, run.epochs, run.total_steps)
+            print(('\n' if progress else '') + line, flush=True)
+            with open(log_path, 'a') as f:
+                f.write(line + '\n')
+            tensorboard.write(step, {('test/' if k.startswith('error') else 'train/') + k: v
+                                     for k, v in row.items()
+                                     if v is not None and k not in ('epoch', 'step')})
+            return row
+
         def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
             self.current = int(to_float(self.model.optimizer.iterations))
             self.start, self.start_step = time.time(), self.current
             if lines:
@@ -416,8 +451,12 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
                 self.model.stop_training = True
             elif step >= run.total_steps:
                 self.model.stop_training = True
-            elif cfg['ckpt_every_steps'] and step % cfg['ckpt_every_steps'] == 0:
-                self.save(step)
+            else:
+                # Inside an epoch only: the epoch's end evaluates and records by itself.
+                if self.evaluation_due(step) and step % run.steps_per_epoch:
+                    self.record(self.epoch, step, logs or {}, evaluate=True)
+                if cfg['ckpt_every_steps'] and step % cfg['ckpt_every_steps'] == 0:
+                    self.save(step)
 
         on_batch_end = on_train_batch_end  # TF 1.15 calls this name
 
@@ -425,30 +464,9 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
             step = self.step()
             if self.nan or (interrupt.signal is not None and step < run.total_steps):
                 return  # a partial epoch: its row is written when it is finished
-            logs = logs or {}
-            seconds = time.time() - self.start
-            steps = step - self.start_step
-            row = {'epoch': epoch + 1, 'step': step,
-                   'lr': to_float(run.schedule(step)),
-                   'loss': float(logs['loss']),
-                   'super_loss': float(logs.get('super_clf_loss', logs.get('categorical_crossentropy'))),
-                   'self_loss': float(logs['self_clf_loss']) if 'self_clf_loss' in logs else None,
-                   'ms_per_step': 1000.0 * seconds / max(1, steps),
-                   'images_per_sec': steps * run.images_per_step / max(seconds, 1e-9)}
             last = step >= run.total_steps
-            if last or (cfg['eval_every'] and (epoch + 1) % cfg['eval_every'] == 0):
-                fault_point('evaluation', step)
-                row.update(run.evaluate())
-            rows.append(row)
-            check_folder()
-            write_metrics(metrics_path, rows)
-            line = format_row(row, run.epochs, run.total_steps)
-            print(('\n' if progress else '') + line, flush=True)
-            with open(log_path, 'a') as f:
-                f.write(line + '\n')
-            tensorboard.write(step, {('test/' if k.startswith('error') else 'train/') + k: v
-                                     for k, v in row.items()
-                                     if v is not None and k not in ('epoch', 'step')})
+            self.record(epoch, step, logs or {}, evaluate=last or self.evaluation_due(step) or (
+                cfg['eval_every'] and (epoch + 1) % cfg['eval_every'] == 0))
             if not cfg['ckpt_every_steps'] or last:
                 self.save(step)
 

@@ -39,6 +39,9 @@ AUTO = execution.AUTO_STEPS_PER_EXECUTION
     ({}, 'cpu', False, 10, {'xla': 'off', 'steps_per_execution': 2}),
     ({'ckpt_every_steps': 12}, 'cpu', False, 40, {'xla': 'off', 'steps_per_execution': 4}),
     ({'ckpt_every_steps': 3}, 'cpu', False, 40, {'xla': 'off', 'steps_per_execution': 1}),
+    ({'eval_every_steps': 12}, 'cpu', False, 40, {'xla': 'off', 'steps_per_execution': 4}),
+    ({'eval_every_steps': 20, 'ckpt_every_steps': 12}, 'cpu', False, 40,
+     {'xla': 'off', 'steps_per_execution': 4}),
 ])
 def test_resolve(overrides, device, tf1, epoch, expected):
     cfg = flags(**overrides)
@@ -65,6 +68,7 @@ def test_resolve_refuses(overrides, device, tf1, words):
     (['--steps_per_execution=4', '--profiling'], ['--steps_per_execution=4', '--profiling']),
     (['--steps_per_execution=4', '--data_dump_flag'], ['--data_dump_flag']),
     (['--steps_per_execution=4', '--ckpt_every_steps=6'], ['--ckpt_every_steps=6', 'multiple']),
+    (['--steps_per_execution=4', '--eval_every_steps=6'], ['--eval_every_steps=6', 'multiple']),
     (['--xla=maybe'], ['xla']),
 ])
 def test_conflicting_flags_are_one_line(capsys, tiny_cifar10, argv, words):

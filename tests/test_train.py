@@ -60,6 +60,30 @@ def test_training_leaves_every_result_file(tiny_cifar10, tmp_path, mode):
     assert 'epoch 1/1' in proc.stdout and 'test error dense' in proc.stdout
 
 
+def test_eval_every_steps_evaluates_inside_long_epochs(tiny_cifar10, tmp_path):
+    # sesemi on 100 images at batch 2: one epoch of 50 steps, of which 20 are run.
+    result = str(tmp_path / 'result')
+    proc = run_cli(['--data=cifar10', '--dataset=' + tiny_cifar10, '--mode=sesemi',
+                    '--result=' + result, '--eval_every_steps=6', '--network=convnet',
+                    '--width=0.0625', '--labels=20', '--batch_size=2', '--epochs=1',
+                    '--max_steps=20'])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from compat import TF1
+    with open(os.path.join(result, 'args.json')) as f:  # TF 2: divides the interval and the epoch
+        assert json.load(f)['steps_per_execution'] == (1 if TF1 else 2)
+    with open(os.path.join(result, 'metrics.jsonl')) as f:
+        rows = [json.loads(line) for line in f]
+    assert [r['step'] for r in rows] == [6, 12, 18, 20]
+    assert [r['epoch'] for r in rows] == [1, 1, 1, 1]
+    for row in rows:
+        assert 0.0 <= row['error_dense'] <= 1.0 and np.isfinite(row['loss']) and row['self_loss']
+    assert [r['lr'] for r in rows] == sorted([r['lr'] for r in rows], reverse=True)
+    with open(os.path.join(result, 'result.json')) as f:
+        assert json.load(f)['error_dense'] == rows[-1]['error_dense']
+    with open(os.path.join(result, 'train.log')) as f:
+        assert f.read().count('test error dense') == 4
+
+
 def test_dry_run_prints_parameter_count_and_writes_nothing(tiny_cifar10, tmp_path):
     result = str(tmp_path / 'never')
     proc = run_cli(['--data=cifar10', '--dataset=' + tiny_cifar10, '--network=convnet',
