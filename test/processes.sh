@@ -66,11 +66,11 @@ proc_stop() {  # signal name
     set +m
     local timer=$!
     for i in "${signalled[@]}"; do
-        wait "${proc_pids[i]}"
+        wait "${proc_pids[i]}" 2>/dev/null  # no "Killed" notice from bash: this script killed it
         proc_status[i]=$?
     done
     kill -- "-$timer" 2>/dev/null
-    wait "$timer"
+    wait "$timer" 2>/dev/null
     return 0
 }
 
@@ -94,7 +94,7 @@ proc_wait_all() {
             if [ "$status" -ne 0 ]; then
                 echo "error: ${proc_labels[i]} failed (python exit code $status); see ${proc_logs[i]}" >&2
                 if [ "$left" -gt 0 ]; then
-                    echo "Stopping the $left other training processes" >&2
+                    echo "Stopping the other training processes ($left still running)" >&2
                     proc_stop TERM
                 fi
                 proc_tail "$i"

@@ -1,5 +1,5 @@
 """The launch scripts of data-parallel jobs: test/train_*_8p.sh (Ascend, one process per device
-of a rank table).
+of a rank table) and test/train_multi_worker.sh (local tf.distribute workers).
 
 They run with a stand-in interpreter that records the command line and environment of every
 process it stands for, so no TensorFlow is needed and each test takes a few seconds.
@@ -143,6 +143,12 @@ def env_8p(tmp_path, stub, table=None, **extra):
     return script_env(tmp_path, exe, STUB_DIR=records, STUB_COUNT=str(RANKS), **extra)
 
 
+def env_workers(tmp_path, stub, workers, **extra):
+    exe, records = stub
+    extra = dict({'STOP_GRACE_SECONDS': '5'}, **extra)
+    return script_env(tmp_path, exe, STUB_DIR=records, STUB_COUNT=str(workers), **extra)
+
+
 # ------------------------------------------------------------ Ascend 8p scripts
 
 @pytest.mark.parametrize('kind,case,epochs', [('full', 'acc', None), ('performance', 'perf', '3')])
@@ -252,7 +258,7 @@ def test_8p_failing_rank_stops_the_others(ignore_term, tmp_path, stub):
     log = tmp_path / 'output' / '7' / 'train_7.log'
     assert 'error: training on device 7 (rank 3) failed (python exit code 3); see %s' % log \
         in proc.stderr
-    assert 'Stopping the 7 other training processes' in proc.stderr
+    assert 'Stopping the other training processes (7 still running)' in proc.stderr
     assert proc.stderr.rstrip().endswith('error: stub failure of rank3')  # the log's tail
     assert not list((tmp_path / 'output').glob('*/%s_*.log' % NETWORK))
 
@@ -284,3 +290,56 @@ def test_8p_rerun_resumes_every_rank_from_rank_0s_checkpoints(tmp_path, stub):
     assert proc.returncode == 0, proc.stderr
     assert 'Resuming the earlier run in %s' % checkpoints.parent in proc.stdout
     assert all(r['argv'].count('--resume') == 1 for r in load_records(stub[1]).values())
+
+
+# ------------------------------------------------------------ local multi-worker launcher
+
+@pytest.mark.parametrize('workers', [None, 3])
+def test_workers_get_their_tf_config(workers, tmp_path, stub):
+    args = ([] if workers is None else ['--workers=%d' % workers]) + ['--dataset=/d', '--seed=2']
+    workers = workers or 2
+    proc = run('train_multi_worker.sh', args, env_workers(tmp_path, stub, workers))
+    assert proc.returncode == 0, proc.stderr
+    records = load_records(stub[1])
+    assert sorted(records) == ['worker%d' % i for i in range(workers)]
+    configs = [json.loads(records['worker%d' % i]['env']['TF_CONFIG']) for i in range(workers)]
+    cluster = configs[0]['cluster']
+    assert list(cluster) == ['worker'] and len(cluster['worker']) == workers
+    hosts, ports = zip(*(address.split(':') for address in cluster['worker']))
+    assert set(hosts) == {'127.0.0.1'} and len(set(ports)) == workers
+    assert all(0 < int(port) < 65536 for port in ports)
+    for i, config in enumerate(configs):
+        assert config == {'cluster': cluster, 'task': {'type': 'worker', 'index': i}}
+        assert records['worker%d' % i]['argv'] == ['--distribute=multi_worker', '--dataset=/d',
+                                                  '--seed=2']
+        log = tmp_path / 'output' / 'multi_worker' / ('worker_%d.log' % i)
+        assert 'worker%d: %d.0 images/s' % (i, 100 + i) in log.read_text()
+    assert 'All %d workers finished' % workers in proc.stdout
+
+
+@pytest.mark.parametrize('ignore_term', [False, True])
+def test_failing_worker_stops_the_others(ignore_term, tmp_path, stub):
+    extra = {'STUB_IGNORE_TERM': '1', 'STOP_GRACE_SECONDS': '1'} if ignore_term else {}
+    env = env_workers(tmp_path, stub, 3, STUB_FAIL='worker1', **extra)
+    proc = run('train_multi_worker.sh', ['--workers=3', '--dataset=/d'], env, timeout=60)
+    records = load_records(stub[1])
+    assert len(records) == 3 and gone([r['pid'] for r in records.values()])
+    assert proc.returncode == 3
+    log = tmp_path / 'output' / 'multi_worker' / 'worker_1.log'
+    assert 'error: worker 1 failed (python exit code 3); see %s' % log in proc.stderr
+    assert proc.stderr.rstrip().endswith('error: stub failure of worker1')
+    assert 'Killed' not in proc.stderr  # bash's notice of the SIGKILL it sent itself
+    assert 'All 3 workers finished' not in proc.stdout
+
+
+@pytest.mark.parametrize('args,words', [
+    (['--workers=0'], "--workers must be a whole number from 1, got '0'"),
+    (['--workers=two'], "--workers must be a whole number from 1, got 'two'"),
+    (['--distribute=mirrored'], '--distribute=mirrored: this script trains with'),
+    (['stray'], "unexpected argument 'stray'"),
+])
+def test_launcher_bad_arguments(args, words, tmp_path, stub):
+    proc = run('train_multi_worker.sh', args, env_workers(tmp_path, stub, 2))
+    assert proc.returncode == 2 and proc.stderr.startswith('error: ' + words)
+    assert len(proc.stderr.splitlines()) == 1
+    assert load_records(stub[1]) == {} and not (tmp_path / 'output').exists()
