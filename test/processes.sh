@@ -74,6 +74,14 @@ proc_stop() {  # signal name
     return 0
 }
 
+# Returns when a process may have ended: at once with `wait -n`, which bash has from 4.3 on;
+# older ones (CentOS 7 has 4.2) look once a second.
+if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] >= 403)); then
+    proc_wait_any() { wait -n; }
+else
+    proc_wait_any() { sleep 1; }
+fi
+
 # Prints the end of a process's log on stderr.
 proc_tail() {  # index
     echo "---- last lines of ${proc_logs[$1]} ----" >&2
@@ -83,7 +91,7 @@ proc_tail() {  # index
 proc_wait_all() {
     local i status left="${#proc_pids[@]}"
     while [ "$left" -gt 0 ]; do
-        wait -n  # returns when any process ends (or at once when one ended unnoticed)
+        proc_wait_any
         for i in "${!proc_pids[@]}"; do
             [ -z "${proc_status[i]}" ] || continue
             kill -0 "${proc_pids[i]}" 2>/dev/null && continue
