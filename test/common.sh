@@ -72,6 +72,10 @@ EOF
     PYTHON                   interpreter, default the repo's .venv/bin/python if present, else python3
     OUTPUT_ROOT              output root, default test/output
 EOF
+    [ "$RANK_SIZE" -eq 1 ] || cat <<EOF
+    STOP_GRACE_SECONDS       seconds between SIGTERM and SIGKILL when stopping the other devices'
+                             processes after one failed, default 30
+EOF
 }
 
 sesemi_fail_usage() {  # message

@@ -40,9 +40,11 @@ proc_interrupted() {  # signal name
 proc_start() {  # label log command...
     local label="$1" log="$2"
     shift 2
-    [ "${#proc_pids[@]}" -gt 0 ] || trap 'proc_interrupted INT' INT
-    [ "${#proc_pids[@]}" -gt 0 ] || trap 'proc_interrupted TERM' TERM
-    [ "${#proc_pids[@]}" -gt 0 ] || trap 'proc_interrupted HUP' HUP
+    if [ "${#proc_pids[@]}" -eq 0 ]; then
+        trap 'proc_interrupted INT' INT
+        trap 'proc_interrupted TERM' TERM
+        trap 'proc_interrupted HUP' HUP
+    fi
     # Job control gives the process a group of its own, so that a stop reaches whatever it
     # starts; without it, bash would also start it with SIGINT ignored.
     set -m
@@ -53,7 +55,7 @@ proc_start() {  # label log command...
 
 # Sends a signal to every process still running; SIGKILL to those left after the grace time.
 proc_stop() {  # signal name
-    local i pid signalled=()
+    local i signalled=()
     for i in "${!proc_pids[@]}"; do
         [ -z "${proc_status[i]}" ] || continue
         kill -"$1" -- "-${proc_pids[i]}" 2>/dev/null && signalled+=("$i")
