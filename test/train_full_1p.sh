@@ -3,7 +3,6 @@
 # default 300 epochs; writes test/output/$ASCEND_DEVICE_ID/SESEMI_ID1270_for_TensorFlow_bs16_1p_acc.log.
 # Usage: bash test/train_full_1p.sh --data_path=/path/to/cifar-10-batches-py   (-h for all flags)
 CASE_KIND=acc
-SCRIPT_NAME=train_full_1p.sh
-DEFAULT_FLAGS=(--data=cifar10 --network=convnet --labels=2000 --mode=asl)
+RANK_SIZE=1
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh" || exit 1
 sesemi_main "$@"

@@ -3,7 +3,6 @@
 # from the epochs after the first); writes test/output/$ASCEND_DEVICE_ID/SESEMI_ID1270_for_TensorFlow_bs16_1p_perf.log.
 # Usage: bash test/train_performance_1p.sh --data_path=/path/to/cifar-10-batches-py   (-h for all flags)
 CASE_KIND=perf
-SCRIPT_NAME=train_performance_1p.sh
-DEFAULT_FLAGS=(--data=cifar10 --network=convnet --labels=2000 --mode=asl --epochs=3)
+RANK_SIZE=1
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh" || exit 1
 sesemi_main "$@"

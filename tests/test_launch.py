@@ -61,17 +61,21 @@ with open(os.path.join(result, 'result.json'), 'w') as f:
 '''
 
 
-@pytest.fixture
-def stub(tmp_path):
-    """An executable standing in for the python interpreter; returns (path, record file)."""
-    folder = tmp_path / 'stub'
+def write_stub(folder, code):
+    """Writes an executable ``python`` in ``folder`` that runs ``code`` with this interpreter."""
     folder.mkdir()
-    (folder / 'stub.py').write_text(STUB)
+    (folder / 'stub.py').write_text(code)
     exe = folder / 'python'
     exe.write_text('#!/bin/sh\nexec %s %s "$@"\n' % (shlex.quote(sys.executable),
                                                        shlex.quote(str(folder / 'stub.py'))))
     exe.chmod(0o755)
-    return str(exe), str(folder / 'args.json')
+    return str(exe)
+
+
+@pytest.fixture
+def stub(tmp_path):
+    """An executable standing in for the python interpreter; returns (path, record file)."""
+    return write_stub(tmp_path / 'stub', STUB), str(tmp_path / 'stub' / 'args.json')
 
 
 def script_env(tmp_path, python=sys.executable, **extra):
