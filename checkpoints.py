@@ -12,6 +12,7 @@ moment leaves the previous checkpoint usable.
 import errno
 import json
 import os
+import shutil
 import signal
 import sys
 from typing import Dict, List, Optional
@@ -28,15 +29,26 @@ RUN_DEFINING = ('data', 'network', 'labels', 'mode', 'batch_size', 'epochs', 'se
 RUN_DEFAULTS = {'replicas': 1, 'scale_batch': False, 'sync_bn': False}
 
 # Fault injection for the crash tests: SESEMI_FAULT=<point>:<step> kills the
-# process with SIGKILL when it reaches <point> at training step <step>.
+# process with SIGKILL when it reaches <point> at training step <step>;
+# <point>:<step>:<worker> only the multi-worker worker of that index (TF_CONFIG).
 FAULT_ENV = 'SESEMI_FAULT'
 
 
 def fault_point(point: str, step: int) -> None:
     """Dies like a preempted job would, if the crash tests asked for it here."""
-    if os.environ.get(FAULT_ENV) == '%s:%d' % (point, step):
+    fault = os.environ.get(FAULT_ENV, '')
+    here = '%s:%d' % (point, step)
+    if fault == here or (fault.startswith(here + ':') and fault == '%s:%s' % (here, _worker())):
         sys.stdout.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker() -> str:
+    """This process's task index in TF_CONFIG ('' without one)."""
+    try:
+        return str(json.loads(os.environ['TF_CONFIG'])['task']['index'])
+    except (KeyError, ValueError, TypeError):
+        return ''
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -141,14 +153,19 @@ class Checkpoints:
     """Saves and restores a Keras model and its optimizer with ``CheckpointManager``.
 
     Args:
-        folder: where the checkpoints live.
+        folder: where the checkpoints are written.
         model: the model being trained (compiled, with its optimizer).
         keep: how many of the newest checkpoints to keep.
+        source: where they are restored from (default ``folder``; a non-chief
+            worker writes elsewhere but restores the chief's).
+        temporary: remove ``folder`` after each save (a non-chief worker's part
+            in a collective save, which TensorFlow needs written somewhere).
     """
 
-    def __init__(self, folder: str, model, keep: int):
+    def __init__(self, folder: str, model, keep: int, source: Optional[str] = None,
+                 temporary: bool = False):
         from compat import tf
-        self.folder = folder
+        self.folder, self.source, self.temporary = folder, source or folder, temporary
         self.model = model
         self.step = 0
 
@@ -180,9 +197,14 @@ class Checkpoints:
         try:
             with session_scope():
                 return self.manager.save(checkpoint_number=step)
+        except (tf.errors.UnavailableError, tf.errors.CancelledError):
+            raise  # a collective failed (multi_worker): another worker has gone
         except tf.errors.OpError as err:  # e.g. disk full or folder removed: report as I/O
             raise OSError(0, 'cannot write checkpoint (%s)' % err.message.splitlines()[0],
                           self.folder)
+        finally:
+            if self.temporary:
+                shutil.rmtree(self.folder, ignore_errors=True)
 
     def restore_newest(self, warn=print) -> Optional[str]:
         """Restores the newest checkpoint that loads, skipping broken ones.
@@ -193,9 +215,13 @@ class Checkpoints:
         Raises:
             UsageError: the newest readable checkpoint has an earlier format (``check_format``).
         """
-        from compat import create_optimizer_slots, restore_checkpoint
+        from compat import create_optimizer_slots, restore_checkpoint, tf
         create_optimizer_slots(self.model)
-        for path in reversed(self.manager.checkpoints):
+        manager = self.manager
+        if self.source != self.folder:  # max_to_keep None: only reads the list
+            manager = tf.train.CheckpointManager(self.checkpoint, self.source, max_to_keep=None,
+                                                 checkpoint_name='ckpt')
+        for path in reversed(manager.checkpoints):
             try:
                 check_format(path, self.model)
                 restore_checkpoint(self.checkpoint, path)

@@ -5,6 +5,9 @@ slice of every step each replica trains on, and the Ascend HCCL wiring.
     none           one device                                      1
     mirrored       tf.distribute.MirroredStrategy (TF 2.x):        the visible GPUs, or
                    gradients all-reduced every step                --cpu_replicas CPU devices
+    multi_worker   tf.distribute.MultiWorkerMirroredStrategy       every device of every
+                   (TF 2.x): one process per worker, cluster       worker (one per worker
+                   from TF_CONFIG, collectives over gRPC           on CPU)
     npu            the CANN adapter's HCCL collectives, one        RANK_SIZE
                    process per device (RANK_ID, RANK_SIZE)
 
@@ -20,7 +23,21 @@ of replicas and the learning rate with it (linear scaling), for throughput.
 BatchNorm normalises with each replica's own slice unless ``--sync_bn``, which
 makes the statistics those of the whole step (``networks.layers``). TF 1.15 has
 no strategy here (its Keras cannot run this model under MirroredStrategy), and
-the adapter has no synchronised BatchNorm: both are refused.
+the adapter has no synchronised BatchNorm: both are refused. The test set is
+evaluated, and model.h5 written, by a plain copy of the inference model holding
+the replicas' mean moving statistics (what checkpoints and model.h5 store), so
+the figures do not depend on how a strategy would split the test batches.
+
+Multi-worker runs follow TensorFlow's rules: worker 0 is the chief and alone
+writes the result folder (metrics, logs, TensorBoard, model.h5); every worker
+takes part in saving a checkpoint (reading the replicas' BatchNorm statistics
+is a collective), the others into a temporary folder that is removed again;
+on --resume every worker restores the chief's newest checkpoint. The workers
+agree after every execution whether one of them received SIGTERM or Ctrl-C, so
+they all checkpoint the same step and stop; a non-finite loss is seen by all
+(Keras reports losses averaged over the replicas); a worker that dies makes the
+others' next collective fail, and they stop with exit code 4
+(``PeerFailure``) instead of waiting.
 
 The entry calls ``define_flags`` and ``check_flags`` before TensorFlow loads,
 ``configure`` after ``device.configure`` (which returns the ``DataParallel``
@@ -30,6 +47,7 @@ training stream, the optimizer wrapper and the callbacks from it.
 
 import contextlib
 import importlib.util
+import json
 import os
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -37,15 +55,20 @@ from absl import flags
 
 from utils import UsageError
 
-STRATEGIES = ('none', 'mirrored', 'npu')
+STRATEGIES = ('none', 'mirrored', 'multi_worker', 'npu')
+EXIT_PEER_FAILED = 4  # exit code of a worker whose peer failed
+LAUNCHER = 'test/train_multi_worker.sh'
 
 
 def define_flags(fv: flags.FlagValues) -> None:
     """Defines --distribute, --cpu_replicas, --scale_batch and --sync_bn on ``fv``."""
     flags.DEFINE_enum('distribute', 'none', STRATEGIES, 'Data-parallel training. none (default): '
                       'one device; mirrored: tf.distribute.MirroredStrategy over the visible GPUs '
-                      '(or --cpu_replicas CPU devices), TF 2 only; npu: Ascend HCCL, one process '
-                      'per device, from RANK_ID and RANK_SIZE (needs --device=npu).',
+                      '(or --cpu_replicas CPU devices), TF 2 only; multi_worker: '
+                      'tf.distribute.MultiWorkerMirroredStrategy, one process per worker, cluster '
+                      'from TF_CONFIG (see %s), TF 2 only; npu: Ascend HCCL, one '
+                      'process per device, from RANK_ID and RANK_SIZE (needs --device=npu).'
+                      % LAUNCHER,
                       flag_values=fv)
     flags.DEFINE_integer('cpu_replicas', 0, '--distribute=mirrored: mirror over this many logical '
                          'CPU devices instead of the GPUs (implies --device=cpu); 0 (default): off.',
@@ -82,13 +105,41 @@ def npu_rank() -> Tuple[int, int]:
     return rank, size
 
 
+def cluster_task() -> Tuple[int, int]:
+    """(this worker's index, number of workers) from TF_CONFIG, which
+    MultiWorkerMirroredStrategy reads too.
+
+    Raises:
+        UsageError: TF_CONFIG missing, not JSON, or without a worker list and
+            this process's worker task in it.
+    """
+    text = os.environ.get('TF_CONFIG', '')
+    try:
+        config = json.loads(text)
+        workers, task = config['cluster']['worker'], config['task']
+        index = task['index']
+        ok = (isinstance(workers, list) and workers and task.get('type') == 'worker'
+              and isinstance(index, int) and 0 <= index < len(workers)
+              and set(config['cluster']) == {'worker'})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        ok = False
+    if not ok:
+        raise UsageError('--distribute=multi_worker needs TF_CONFIG in the environment, e.g. '
+                         '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
+                         '"worker", "index": 0}} (workers only; index 0 is the chief); got %s; '
+                         'start local workers with %s' % (text and repr(text) or 'none', LAUNCHER))
+    return index, len(workers)
+
+
 def known_replicas(cfg: dict) -> Optional[int]:
     """The number of replicas when the flags and environment fix it (None for
-    mirrored over GPUs, counted once TensorFlow runs)."""
+    GPUs, counted once TensorFlow runs)."""
     if cfg['distribute'] == 'none':
         return 1
     if cfg['distribute'] == 'npu':
         return npu_rank()[1]
+    if cfg['distribute'] == 'multi_worker':
+        return cluster_task()[1] if cfg['device'] == 'cpu' else None
     return cfg['cpu_replicas'] or None
 
 
@@ -106,15 +157,18 @@ def check_flags(cfg: dict) -> None:
     if kind == 'npu' and cfg['device'] != 'npu':
         raise UsageError('--distribute=npu needs --device=npu (the HCCL collectives of the Ascend '
                          'adapter); use --distribute=mirrored on CPU/GPU')
-    if kind == 'mirrored' and cfg['device'] == 'npu':
-        raise UsageError('--distribute=mirrored does not run on an NPU; use --distribute=npu')
-    if kind == 'mirrored' and tf1_installed():
-        raise UsageError('--distribute=mirrored needs TensorFlow 2 (.venv): TensorFlow 1.15\'s '
-                         'Keras cannot train this model under a distribution strategy')
-    if kind == 'mirrored' and cfg['xla'] == 'on':
-        raise UsageError('--xla=on is not available with --distribute=mirrored (the gradient '
+    strategy = kind in ('mirrored', 'multi_worker')
+    if strategy and cfg['device'] == 'npu':
+        raise UsageError('--distribute=%s does not run on an NPU; use --distribute=npu' % kind)
+    if strategy and tf1_installed():
+        raise UsageError('--distribute=%s needs TensorFlow 2 (.venv): TensorFlow 1.15\'s '
+                         'Keras cannot train this model under a distribution strategy' % kind)
+    if strategy and cfg['xla'] == 'on':
+        raise UsageError('--xla=on is not available with --distribute=%s (the gradient '
                          'all-reduce would have to run inside the compiled step, which this '
-                         'project has not verified); leave --xla at auto')
+                         'project has not verified); leave --xla at auto' % kind)
+    if kind == 'multi_worker':
+        cluster_task()
     if cfg['cpu_replicas'] and kind != 'mirrored':
         raise UsageError('--cpu_replicas=%d needs --distribute=mirrored' % cfg['cpu_replicas'])
     if cfg['cpu_replicas'] and cfg['device'] not in ('auto', 'cpu'):
@@ -123,8 +177,8 @@ def check_flags(cfg: dict) -> None:
     if cfg['cpu_replicas']:
         cfg['device'] = 'cpu'
     if cfg['sync_bn'] and kind == 'none':
-        raise UsageError('--sync_bn needs --distribute=mirrored (one device has global '
-                         'statistics already)')
+        raise UsageError('--sync_bn needs --distribute=mirrored or multi_worker (one device '
+                         'has global statistics already)')
     if cfg['sync_bn'] and kind == 'npu':
         raise UsageError('--sync_bn is not available with --distribute=npu (the Ascend adapter has '
                          'no synchronised BatchNorm); drop it to use per-device statistics')
@@ -160,14 +214,62 @@ class DataParallel:
             (TensorFlow's default, one-device strategy for none and npu).
         replicas: the number of replicas training each step together.
         parts: the slices of every step this process feeds (all of them for
-            mirrored, where the strategy hands them out; RANK_ID's for npu).
+            mirrored, where the strategy hands them out; its worker's for
+            multi_worker; RANK_ID's for npu).
         adapter: the Ascend adapter module (npu), else None.
+        worker: this process's worker index (multi_worker; 0 otherwise).
+        chief: whether this process writes the result folder (worker 0).
     """
 
     def __init__(self, kind: str, strategy, replicas: int, parts: Sequence[int],
-                 adapter=None):
+                 adapter=None, worker: int = 0):
         self.kind, self.strategy, self.replicas = kind, strategy, replicas
         self.parts, self.adapter = list(parts), adapter
+        self.worker, self.chief = worker, worker == 0
+        self._agree = None  # the collective of ``agree``, made on first use
+
+    def replicated(self) -> bool:
+        """Whether a tf.distribute strategy keeps the variables in replicas (mirrored,
+        multi_worker)."""
+        return self.kind in ('mirrored', 'multi_worker')
+
+    def checkpoint_folder(self, folder: str) -> str:
+        """Where this process writes its checkpoints: ``folder`` for the chief, a
+        temporary folder inside it for the other workers (``temporary_checkpoints``)."""
+        return folder if self.chief else os.path.join(folder, 'worker_%d_temp' % self.worker)
+
+    def temporary_checkpoints(self) -> bool:
+        """Whether this process's checkpoints are only its part in a collective save,
+        removed once written."""
+        return not self.chief
+
+    def agree(self, flag: bool) -> bool:
+        """multi_worker: whether ``flag`` is set on any worker (a collective every
+        worker must call at the same point); else ``flag``."""
+        if self.kind != 'multi_worker':
+            return flag
+        from compat import tf
+        if self._agree is None:
+            strategy = self.strategy
+
+            def any_worker(value):
+                def total(local):
+                    context = tf.distribute.get_replica_context()
+                    return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(local))
+                return strategy.run(total, args=(value,))
+
+            self._agree = tf.function(any_worker)
+        votes = self.strategy.experimental_local_results(self._agree(tf.constant(float(flag))))
+        return float(votes[0]) > 0
+
+    def peer_errors(self) -> tuple:
+        """The TensorFlow errors by which a collective reports a failed or vanished
+        peer (multi_worker; none otherwise)."""
+        if self.kind != 'multi_worker':
+            return ()
+        from compat import tf
+        return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.AbortedError, tf.errors.CancelledError)
 
     def scope(self):
         """The context in which the model and its optimizer are built and restored."""
@@ -177,7 +279,7 @@ class DataParallel:
         """The training stream: ``make(parts, n_parts)`` builds the tf.data stream of
         the given slices of every step; under MirroredStrategy each input pipeline
         streams its replicas' slices, which the strategy deals out in turn."""
-        if self.kind != 'mirrored':
+        if not self.replicated():
             return make(self.parts, self.replicas)
 
         def per_pipeline(context):
@@ -221,10 +323,23 @@ def configure(cfg: dict, adapter=None) -> DataParallel:
     elif kind == 'npu':
         rank, size = npu_rank()
         parallel = DataParallel(kind, tf.distribute.get_strategy(), size, [rank], adapter)
+    elif kind == 'multi_worker':
+        parallel = _multi_worker()
     else:
         parallel = _mirrored(cfg)
     check_batch(cfg, parallel.replicas)
     return parallel
+
+
+def _multi_worker() -> DataParallel:
+    """MultiWorkerMirroredStrategy from TF_CONFIG; each worker feeds its own
+    replicas' slices (``DataParallel.dataset``)."""
+    from compat import tf
+    worker = cluster_task()[0]
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    local = len(strategy.extended.worker_devices)
+    return DataParallel('multi_worker', strategy, strategy.num_replicas_in_sync,
+                        range(worker * local, (worker + 1) * local), worker=worker)
 
 
 def _mirrored(cfg: dict) -> DataParallel:

@@ -4,8 +4,9 @@
     --xla                  compile(jit_compile=...)         session global JIT level  always off
     --steps_per_execution  compile(steps_per_execution=N)   1 (no such option)        1
 
-Under --distribute=mirrored (TF 2.x) --steps_per_execution is the same compile
-argument (each call runs N steps on every replica) and --xla=on is refused
+Under --distribute=mirrored and multi_worker (TF 2.x) --steps_per_execution is
+the same compile argument (each call runs N steps on every replica; the workers
+of a multi-worker job vote on stopping once per call) and --xla=on is refused
 (distribute.check_flags); --distribute=npu follows the NPU column.
 
 ``auto`` picks what measured faster on this project's CPU (docs/performance.md):

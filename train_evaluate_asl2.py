@@ -14,6 +14,7 @@ input ends in one line on stderr (exit code 2) with nothing written.
 import json
 import math
 import os
+import signal
 import sys
 import time
 from typing import List, Optional
@@ -253,18 +254,25 @@ class Training:
         self.plan(parallel.replicas, len(parallel.parts) / parallel.replicas)
         cfg.update(execution.configure(cfg, cfg['device'], self.steps_per_epoch))
         set_seed(cfg['seed'])
-        with parallel.scope(), distribute.network_scope(cfg):
+
+        def make_models():
             trunk = networks.get(cfg['network'])(info.shape, cfg['in_network_dropout'],
                                                  cfg['width'])
-            self.model, self.inference = utils.build_models(
-                trunk, info.shape, info.n_classes, self.self_supervised, cfg['super_dropout'])
+            return utils.build_models(trunk, info.shape, info.n_classes, self.self_supervised,
+                                      cfg['super_dropout'])
+
+        with parallel.scope(), distribute.network_scope(cfg):
+            self.model, self.inference = make_models()
             self.schedule = utils.lr_schedule(self.base_lr, self.total_steps,
                                               cfg['lr_decay_power'])
             utils.compile_model(self.model, self.schedule, self.self_supervised,
                                 device.optimizer_wrapper(cfg, parallel.all_reduce_wrapper()),
                                 **execution.compile_options(cfg))
+        # Evaluated and saved: the inference model itself, or under a strategy a plain
+        # copy that gets its weights, with the replicas' mean statistics, before each use.
+        self.evaluated = make_models()[1] if parallel.replicated() else self.inference
         if cfg['xla'] == 'on':
-            self.inference.jit_compile = True  # the dense evaluation's predict calls
+            self.evaluated.jit_compile = True  # the dense evaluation's predict calls
         self.keras = keras
 
     def preprocess(self) -> None:
@@ -316,8 +324,11 @@ class Training:
             yield step // spe, step // spe + 1, end - step, step
 
     def evaluate(self) -> dict:
+        """Test errors of the current weights (under multi_worker, every worker at once)."""
         import utils
-        return utils.evaluate(self.inference, self.x_test, self.y_test, self.info.hflip,
+        if self.evaluated is not self.inference:
+            self.evaluated.set_weights(self.inference.get_weights())
+        return utils.evaluate(self.evaluated, self.x_test, self.y_test, self.info.hflip,
                               seed=self.cfg['seed'])
 
 
@@ -361,6 +372,8 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
     at ``total_steps``; stops at once on a non-finite loss (no checkpoint is
     written, so the last good one stays the newest); saves a checkpoint every
     ``ckpt_every_steps`` or when a SIGTERM/Ctrl-C arrived; shows progress.
+    Under multi_worker the workers first agree whether any of them was signalled
+    (``vote``).
     Per epoch: evaluates when due, appends the epoch's row to metrics.jsonl,
     prints it, then saves a checkpoint; every ``eval_every_steps`` inside an
     epoch, a row with the epoch's losses so far and an evaluation. The step count is read from the
@@ -368,11 +381,12 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
     """
     from checkpoints import fault_point, folder_guard, write_metrics
     from compat import ScalarWriter, keras, to_float
-    cfg = run.cfg
+    cfg, parallel = run.cfg, run.parallel
     metrics_path = os.path.join(cfg['result'], 'metrics.jsonl')
     log_path = os.path.join(cfg['result'], 'train.log')
     check_folder = folder_guard(cfg['result'])
-    tensorboard = ScalarWriter(os.path.join(cfg['result'], 'tensorboard'))
+    tensorboard = (ScalarWriter(os.path.join(cfg['result'], 'tensorboard')) if parallel.chief
+                   else None)
     # A progress bar with the run's ETA where someone watches a terminal, else lines.
     if sys.stdout.isatty():
         progress = keras.utils.Progbar(run.total_steps)
@@ -383,11 +397,20 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
 
     class EpochLogger(keras.callbacks.Callback):
         nan = None  # (step, logs) of the first non-finite loss
+        stop_signal = None  # the signal to stop for, once agreed (``vote``)
         saved_step = -1
         current = 0  # the step count after the last execution
 
         def step(self) -> int:
             return self.current
+
+        def vote(self) -> bool:
+            """Whether to stop for a SIGTERM or Ctrl-C. Under multi_worker every worker
+            votes at the same point and all stop if one was signalled; a signal that
+            arrives after a vote waits for the next, so all stop at the same step."""
+            if self.stop_signal is None and parallel.agree(interrupt.signal is not None):
+                self.stop_signal = interrupt.signal or signal.SIGTERM  # another worker's
+            return self.stop_signal is not None
 
         def save(self, step: int) -> None:
             if step != self.saved_step:
@@ -414,10 +437,12 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
                 fault_point('evaluation', step)
                 row.update(run.evaluate())
             rows.append(row)
-            check_folder()
-            write_metrics(metrics_path, rows)
             line = format_row(row, run.epochs, run.total_steps)
             print(('\n' if progress else '') + line, flush=True)
+            if not parallel.chief:
+                return row
+            check_folder()
+            write_metrics(metrics_path, rows)
             with open(log_path, 'a') as f:
                 f.write(line + '\n')
             tensorboard.write(step, {('test/' if k.startswith('error') else 'train/') + k: v
@@ -443,10 +468,11 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
                 progress.update(step, [(k, v) for k, v in sorted(losses.items())])
             elif lines:
                 lines.update(step, losses)
+            stopping = self.vote()
             if not all(np.isfinite(v) for v in losses.values()):
                 self.nan = (step, losses)
                 self.model.stop_training = True
-            elif interrupt.signal is not None:
+            elif stopping:
                 self.save(step)
                 self.model.stop_training = True
             elif step >= run.total_steps:
@@ -462,7 +488,7 @@ def make_logger(run: Training, rows: List[dict], ckpts, interrupt):
 
         def on_epoch_end(self, epoch, logs=None):
             step = self.step()
-            if self.nan or (interrupt.signal is not None and step < run.total_steps):
+            if self.nan or (self.stop_signal is not None and step < run.total_steps):
                 return  # a partial epoch: its row is written when it is finished
             last = step >= run.total_steps
             self.record(epoch, step, logs or {}, evaluate=last or self.evaluation_due(step) or (
@@ -573,14 +599,17 @@ def train_and_evaluate(training: Training) -> int:
     """Trains (resuming if asked), then writes model.h5 and result.json.
 
     Returns:
-        0 when done; 3 on a non-finite loss; 128 + signal number when stopped by
-        SIGTERM or Ctrl-C after saving a checkpoint.
+        0 when done; 3 on a non-finite loss; 4 when another worker of a
+        multi-worker job failed; 128 + signal number when stopped by SIGTERM or
+        Ctrl-C (on any worker of a multi-worker job) after saving a checkpoint.
     """
     from checkpoints import (Checkpoints, Interrupt, fault_point, read_metrics, write_atomic,
                              write_json, write_metrics)
     from compat import to_float
-    cfg, result = training.cfg, training.cfg['result']
-    ckpts = Checkpoints(cfg['ckpt_path'], training.model, cfg['keep_checkpoints'])
+    cfg, result, parallel = training.cfg, training.cfg['result'], training.parallel
+    ckpts = Checkpoints(parallel.checkpoint_folder(cfg['ckpt_path']), training.model,
+                        cfg['keep_checkpoints'], source=cfg['ckpt_path'],
+                        temporary=parallel.temporary_checkpoints())
     step, rows = 0, []
     if cfg['resume']:
         with training.parallel.scope():  # the optimizer's slots are made as the model's
@@ -591,40 +620,56 @@ def train_and_evaluate(training: Training) -> int:
             print('Resuming from %s at step %d' % (restored, step), flush=True)
         else:
             print('No usable checkpoint in %s; starting from step 0' % cfg['ckpt_path'], flush=True)
-    write_json(os.path.join(result, 'args.json'), cfg)
-    write_json(os.path.join(result, 'split.json'), dict(training.split_files,
-                                                        labeled_indices=training.split))
-    if training.skipped:
-        write_atomic(os.path.join(result, SKIPPED_FILE), ''.join(
-            line + '\n' for line in training.skipped))
-    write_metrics(os.path.join(result, 'metrics.jsonl'), rows)
+    if parallel.chief:
+        write_json(os.path.join(result, 'args.json'), cfg)
+        write_json(os.path.join(result, 'split.json'), dict(training.split_files,
+                                                            labeled_indices=training.split))
+        if training.skipped:
+            write_atomic(os.path.join(result, SKIPPED_FILE), ''.join(
+                line + '\n' for line in training.skipped))
+        write_metrics(os.path.join(result, 'metrics.jsonl'), rows)
 
     training.preprocess()
     start = time.time()
     with Interrupt() as interrupt:
         logger = make_logger(training, rows, ckpts, interrupt)
-        device_callbacks = device.callbacks(cfg) + training.parallel.callbacks()
-        for initial_epoch, epochs, steps_per_epoch, first_step in training.fit_phases(step):
-            training.model.fit(training.dataset(first_step), initial_epoch=initial_epoch,
-                               epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
-                               callbacks=[logger] + device_callbacks)
-            if logger.nan or interrupt.signal is not None:
-                break
+        device_callbacks = device.callbacks(cfg) + parallel.callbacks()
+        try:
+            for initial_epoch, epochs, steps_per_epoch, first_step in training.fit_phases(step):
+                training.model.fit(training.dataset(first_step), initial_epoch=initial_epoch,
+                                   epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0,
+                                   callbacks=[logger] + device_callbacks)
+                if logger.nan:
+                    break
+                if logger.vote():  # between fit calls: a signal after the last step's vote
+                    logger.save(logger.step())
+                    break
+        except parallel.peer_errors() as err:
+            print('error: another worker of the job failed or stopped at step %d (%s); the '
+                  'newest checkpoint is in %s; start every worker again with --resume'
+                  % (logger.step(), type(err).__name__,
+                     cfg['ckpt_path']), file=sys.stderr)
+            return distribute.EXIT_PEER_FAILED
     if logger.nan:
         nan_step, losses = logger.nan
         print('error: non-finite loss at step %d (%s); stopped without saving, the newest good '
               'checkpoint is in %s; lower --base_lr' % (nan_step, ', '.join(
                   '%s %.4g' % kv for kv in sorted(losses.items())), cfg['ckpt_path']), file=sys.stderr)
         return 3
-    if interrupt.signal is not None and logger.step() < training.total_steps:
+    if logger.stop_signal is not None and logger.step() < training.total_steps:
         print('Interrupted at step %d; checkpoint saved. Continue with the same flags plus --resume'
               % logger.step(), file=sys.stderr)
-        return 128 + interrupt.signal
+        return 128 + logger.stop_signal
 
     final = rows[-1]
     fault_point('model', final['step'])
+    if not parallel.chief:
+        print('Final test error: dense %.4f, single view %.4f (%d steps); the chief writes the '
+              'results' % (final['error_dense'], final['error_single'], final['step']))
+        return 0
     import model_io
-    model_io.save_model(os.path.join(result, 'model.h5'), training.inference,
+    # The evaluated model holds the weights of the final evaluation, which every run ends with.
+    model_io.save_model(os.path.join(result, 'model.h5'), training.evaluated,
                         training.preprocessing)
     write_json(os.path.join(result, 'result.json'), {
         'error_dense': final['error_dense'], 'error_single': final['error_single'],

@@ -5,8 +5,10 @@ the strategy, and the Ascend HCCL wiring checked through stand-ins for the adapt
 import concurrent.futures
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -62,6 +64,29 @@ def test_bad_distribute_flags(capsys, tiny_fashion, argv, words):
         words = ['TensorFlow 2']  # refused first, whatever else is wrong
     expect_usage_error(capsys, ['--data=fashion_mnist', '--dataset=' + tiny_fashion,
                                 '--labels=20', '--dry_run'] + argv, *words)
+
+
+def test_multi_worker_needs_a_worker_tf_config(capsys, tiny_fashion, monkeypatch):
+    base = ['--data=fashion_mnist', '--dataset=' + tiny_fashion, '--labels=20', '--dry_run',
+            '--distribute=multi_worker']
+    monkeypatch.delenv('TF_CONFIG', raising=False)
+    if tf1():
+        expect_usage_error(capsys, base, 'TensorFlow 2')
+        return
+    expect_usage_error(capsys, base, 'TF_CONFIG', 'none', 'test/train_multi_worker.sh')
+    for bad in ('not json',
+                '{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+                '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+                '{"cluster": {"worker": ["a:1"], "ps": ["b:2"]}, '
+                '"task": {"type": "worker", "index": 0}}'):
+        monkeypatch.setenv('TF_CONFIG', bad)
+        expect_usage_error(capsys, base, 'TF_CONFIG')
+    monkeypatch.setenv('TF_CONFIG', tf_config([1, 2, 3], 2))
+    assert distribute.cluster_task() == (2, 3)
+    expect_usage_error(capsys, base + ['--device=cpu', '--batch_size=16'], '--batch_size=16',
+                       '3 replicas')
+    expect_usage_error(capsys, base + ['--xla=on'], '--xla=on', 'multi_worker')
+    expect_usage_error(capsys, base + ['--cpu_replicas=2'], '--cpu_replicas=2')
 
 
 def test_npu_rank_environment(capsys, tiny_fashion, monkeypatch):
@@ -209,6 +234,163 @@ def test_mirrored_run_resumes_exactly(mirrored_runs):
     whole, _ = load_weights(os.path.join(mirrored_runs['sync'][1], 'model.h5'))
     for a, b in zip(resumed, whole):
         np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------- multi_worker, end to end
+
+def tf_config(ports, index):
+    return json.dumps({'cluster': {'worker': ['127.0.0.1:%d' % p for p in ports]},
+                       'task': {'type': 'worker', 'index': index}})
+
+
+def free_ports(n):
+    import socket
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(('127.0.0.1', 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(data, result, *extra, fault=None, logs=None):
+    """Starts the two workers of a multi-worker job on loopback; returns their Popens
+    (output to ``logs``/worker_<i>.log)."""
+    ports = free_ports(2)
+    workers = []
+    for index in range(2):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES='', TF_CONFIG=tf_config(ports, index))
+        env.pop(checkpoints.FAULT_ENV, None)
+        if fault:
+            env[checkpoints.FAULT_ENV] = fault
+        log = open(os.path.join(logs, 'worker_%d.log' % index), 'w')
+        command = [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py'),
+                   '--dataset=' + data, '--result=' + result, '--distribute=multi_worker'
+                   ] + TINY + list(extra)
+        workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT, universal_newlines=True))
+        log.close()
+    return workers
+
+
+def finish(workers, logs, timeout=300):
+    """Waits for the workers; returns (exit codes, their logs)."""
+    codes = [w.wait(timeout=timeout) for w in workers]
+    texts = []
+    for index in range(len(workers)):
+        with open(os.path.join(logs, 'worker_%d.log' % index)) as f:
+            texts.append(f.read())
+    return codes, texts
+
+
+def launch(data, result, logs, *extra, fault=None):
+    """test/train_multi_worker.sh with 2 workers; (CompletedProcess, worker logs)."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', OUTPUT_ROOT=logs, PYTHON=sys.executable,
+               STOP_GRACE_SECONDS='10')
+    env.pop(checkpoints.FAULT_ENV, None)
+    if fault:
+        env[checkpoints.FAULT_ENV] = fault
+    proc = subprocess.run(['bash', os.path.join(ROOT, 'test', 'train_multi_worker.sh'),
+                           '--workers=2', '--dataset=' + data, '--result=' + result] + TINY
+                          + list(extra), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    texts = []
+    for index in range(2):
+        with open(os.path.join(logs, 'multi_worker', 'worker_%d.log' % index)) as f:
+            texts.append(f.read())
+    return proc, texts
+
+
+def wait_for(path, text, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with open(path) as f:
+            if text in f.read():
+                return
+        time.sleep(0.2)
+    raise AssertionError('%r did not appear in %s' % (text, path))
+
+
+@pytest.fixture(scope='module')
+def multi_worker_data(tmp_path_factory):
+    if tf1():
+        pytest.skip('TF 2 only (TF 1.15 refuses --distribute=multi_worker)')
+    base = tmp_path_factory.mktemp('multi_worker')
+    return write_noise_fashion_mnist(str(base / 'fashion')), base
+
+
+@pytest.mark.slow
+def test_multi_worker_trains_checkpoints_and_resumes_after_a_killed_worker(multi_worker_data):
+    data, base = multi_worker_data
+    whole, killed = str(base / 'whole'), str(base / 'killed')
+    # The whole run, through the local launcher.
+    proc, (chief, other) = launch(data, whole, str(base / 'logs_whole'), '--ckpt_every_steps=2')
+    assert proc.returncode == 0, proc.stderr + chief[-3000:] + other[-3000:]
+    assert 'Data parallel (multi_worker): 2 replicas, global batch 4 (2 per replica)' in chief
+    with open(os.path.join(whole, 'result.json')) as f:
+        final = json.load(f)
+    assert (final['steps'], final['replicas'], final['distribute']) == (4, 2, 'multi_worker')
+    assert sorted(os.listdir(os.path.join(whole, 'checkpoints'))) == [
+        'checkpoint', 'ckpt-2.data-00000-of-00001', 'ckpt-2.index',
+        'ckpt-4.data-00000-of-00001', 'ckpt-4.index']  # the other worker's copies are gone
+    assert len(checkpoints.read_metrics(os.path.join(whole, 'metrics.jsonl'))) == 1  # one writer
+    assert 'the chief writes the results' in other
+    # Worker 1 dies after step 3 (its step-2 checkpoint written): the launcher stops the job.
+    proc, (chief, other) = launch(data, killed, str(base / 'logs_killed'), '--ckpt_every_steps=2',
+                                  fault='step:3:1')
+    assert proc.returncode != 0
+    assert 'worker 1 failed' in proc.stderr and 'last lines of' in proc.stderr
+    assert not os.path.exists(os.path.join(killed, 'result.json'))
+    # Both workers again with --resume: on from step 2 to the planned 4.
+    proc, (chief, other) = launch(data, killed, str(base / 'logs_resumed'), '--ckpt_every_steps=2',
+                                  '--resume')
+    assert proc.returncode == 0, proc.stderr + chief[-3000:] + other[-3000:]
+    for text in (chief, other):
+        assert 'Resuming from %s at step 2' % os.path.join(killed, 'checkpoints', 'ckpt-2') in text
+    with open(os.path.join(killed, 'result.json')) as f:
+        assert json.load(f)['steps'] == 4
+    resumed, names = load_weights(os.path.join(killed, 'model.h5'))
+    reference, _ = load_weights(os.path.join(whole, 'model.h5'))
+    for w, r, name in zip(resumed, reference, names):
+        if 'moving_' in name:
+            # A checkpoint holds the replicas' mean statistics; each replica goes on from it.
+            np.testing.assert_allclose(w, r, rtol=0, atol=1e-5, err_msg=name)
+        else:
+            np.testing.assert_array_equal(w, r, err_msg=name)
+
+
+@pytest.mark.slow
+def test_multi_worker_dead_peer_stops_the_other_worker(multi_worker_data):
+    """Without a launcher to stop it: the survivor's next collective fails and it exits
+    with one line and exit code 4 instead of waiting."""
+    data, base = multi_worker_data
+    logs = str(base / 'logs_dead_peer')
+    os.makedirs(logs)
+    workers = start_workers(data, str(base / 'dead_peer'), '--ckpt_every_steps=2',
+                            fault='step:3:1', logs=logs)
+    (chief_code, other_code), (chief, _) = finish(workers, logs, timeout=300)
+    assert other_code == -signal.SIGKILL
+    assert chief_code == distribute.EXIT_PEER_FAILED, chief[-3000:]
+    assert 'error: another worker of the job failed or stopped at step' in chief
+    assert 'start every worker again with --resume' in chief
+
+
+@pytest.mark.slow
+def test_multi_worker_sigterm_to_one_worker_stops_both_at_one_step(multi_worker_data):
+    data, base = multi_worker_data
+    logs, result = str(base / 'logs_term'), str(base / 'term')
+    os.makedirs(logs)
+    workers = start_workers(data, result, '--epochs=40', '--max_steps=200',
+                            '--log_every_seconds=1', logs=logs)
+    wait_for(os.path.join(logs, 'worker_1.log'), 'ETA')  # training
+    workers[1].send_signal(signal.SIGTERM)
+    codes, texts = finish(workers, logs)
+    assert codes == [128 + signal.SIGTERM] * 2, texts[0][-2000:] + texts[1][-2000:]
+    stopped = [int(text.split('Interrupted at step ')[1].split(';')[0]) for text in texts]
+    assert stopped[0] == stopped[1] < 200
+    assert os.path.exists(os.path.join(result, 'checkpoints', 'ckpt-%d.index' % stopped[0]))
+    assert not os.path.exists(os.path.join(result, 'checkpoints', 'worker_1_temp'))
 
 
 # ------------------------------------------- Ascend HCCL, through stand-ins
