@@ -157,7 +157,7 @@ def check_flags(cfg: dict) -> None:
     if kind == 'npu' and cfg['device'] != 'npu':
         raise UsageError('--distribute=npu needs --device=npu (the HCCL collectives of the Ascend '
                          'adapter); use --distribute=mirrored on CPU/GPU')
-    strategy = kind in ('mirrored', 'multi_worker')
+    strategy = kind in ('mirrored', 'multi_worker')  # tf.distribute's
     if strategy and cfg['device'] == 'npu':
         raise UsageError('--distribute=%s does not run on an NPU; use --distribute=npu' % kind)
     if strategy and tf1_installed():
@@ -277,8 +277,9 @@ class DataParallel:
 
     def dataset(self, make: Callable[[List[int], int], object]):
         """The training stream: ``make(parts, n_parts)`` builds the tf.data stream of
-        the given slices of every step; under MirroredStrategy each input pipeline
-        streams its replicas' slices, which the strategy deals out in turn."""
+        the given slices of every step; under a tf.distribute strategy each input
+        pipeline (the one process of mirrored, each worker of multi_worker) streams
+        its replicas' slices, which the strategy deals out in turn."""
         if not self.replicated():
             return make(self.parts, self.replicas)
 
