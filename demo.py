@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 FASHION_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
                  't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
-BATCH_SIZE = 16
+BATCH_SIZE = 16  # the entry's default, as in the reference
+POOL = 60000  # Fashion-MNIST training images: the sesemi pool
 TABLE = os.path.join(ROOT, 'docs', 'fashion_table.json')  # bench/fashion_table.py's results
 
 
@@ -53,18 +54,24 @@ def check_dataset(folder: str) -> None:
                  'and pass --dataset=FOLDER' % (folder, ', '.join(missing), ', '.join(FASHION_FILES)))
 
 
+def run_flags(dataset: str, width: float, labels: int, mode: str, steps: int, seed: int) -> list:
+    """The entry's flags for a Fashion-MNIST ConvNet run of ``steps`` steps (in as many
+    epochs as they need); the demo's and bench/fashion_table.py's runs."""
+    steps_per_epoch = max(1, (POOL if mode == 'sesemi' else labels) // BATCH_SIZE)
+    return ['--data=fashion_mnist', '--dataset=' + dataset, '--network=convnet',
+            '--width=%g' % width, '--labels=%d' % labels, '--mode=' + mode,
+            '--epochs=%d' % math.ceil(steps / steps_per_epoch), '--max_steps=%d' % steps,
+            '--seed=%d' % seed]
+
+
 def train(args: argparse.Namespace, mode: str) -> dict:
     """Runs the training entry for one mode; returns its result and metrics."""
     result = os.path.join(args.result, mode)
     shutil.rmtree(result, ignore_errors=True)  # the demo's own earlier run of this mode
-    steps_per_epoch = max(1, args.labels // BATCH_SIZE) if mode != 'sesemi' else 60000 // BATCH_SIZE
-    epochs = math.ceil(args.steps / steps_per_epoch)
-    command = [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py'),
-               '--data=fashion_mnist', '--dataset=' + args.dataset, '--network=convnet',
-               '--width=%g' % args.width, '--labels=%d' % args.labels, '--mode=' + mode,
-               '--epochs=%d' % epochs, '--max_steps=%d' % args.steps, '--seed=%d' % args.seed,
-               '--eval_every_steps=%d' % max(1, args.steps // max(1, args.evaluations)),
-               '--result=' + result]
+    command = ([sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py')]
+               + run_flags(args.dataset, args.width, args.labels, mode, args.steps, args.seed)
+               + ['--eval_every_steps=%d' % max(1, args.steps // max(1, args.evaluations)),
+                  '--result=' + result])
     print('\n$ ' + ' '.join(command), flush=True)
     start = time.time()
     proc = subprocess.run(command)

@@ -45,8 +45,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = '/usr/share/datasets/fashion-mnist'
-POOL = 60000  # Fashion-MNIST training images: the sesemi pool
-BATCH_SIZE = 16  # the entry's default, as in the reference
 # The report committed with the code; its runs count as finished, on any machine.
 PUBLISHED = os.path.join(ROOT, 'docs', 'fashion_table')
 CHECKPOINTS = (0.70, 0.85, 1.0)  # fractions of the budget evaluated
@@ -105,12 +103,11 @@ def plan(cells, seeds=None) -> list:
 
 def train_command(folder: str, width: float, labels: int, mode: str, budget: int,
                   seed: int, dataset: str) -> list:
-    steps_per_epoch = (POOL if mode == 'sesemi' else labels) // BATCH_SIZE
-    return ['--data=fashion_mnist', '--dataset=' + dataset, '--network=convnet',
-            '--width=%g' % width, '--labels=%d' % labels, '--mode=' + mode,
-            '--epochs=%d' % math.ceil(budget / steps_per_epoch), '--max_steps=%d' % budget,
-            '--seed=%d' % seed, '--steps_per_execution=1', '--ckpt_every_steps=%d' % budget,
-            '--log_every_seconds=120', '--result=' + folder]
+    sys.path.insert(0, ROOT)
+    from demo import run_flags
+    return run_flags(dataset, width, labels, mode, budget, seed) + [
+        '--steps_per_execution=1', '--ckpt_every_steps=%d' % budget, '--log_every_seconds=120',
+        '--result=' + folder]
 
 
 def child(folder: str, steps: list, argv: list) -> int:
