@@ -88,6 +88,21 @@ def write_fashion_mnist(folder, per_class_train=4, per_class_test=3, seed=0):
     return str(folder)
 
 
+def write_noise_fashion_mnist(folder):
+    """Fashion-MNIST files of uniform noise images. (The stripes of ``class_images`` clip
+    to flat regions, whose max-pooling windows hold near-ties: a round-off difference
+    between two runs then routes a gradient to another pixel, a jump rather than a
+    round-off difference.)"""
+    os.makedirs(folder)
+    rng = np.random.RandomState(0)
+    for prefix, count in (('train', 40), ('t10k', 30)):
+        write_bytes(os.path.join(folder, prefix + '-images-idx3-ubyte.gz'),
+                    idx_bytes(rng.randint(0, 256, (count, 28, 28))))
+        write_bytes(os.path.join(folder, prefix + '-labels-idx1-ubyte.gz'),
+                    idx_bytes(np.arange(count) % 10))
+    return folder
+
+
 @pytest.fixture
 def tiny_fashion(tmp_path):
     """A Fashion-MNIST folder with 40 training and 30 test images (no ZCA: quick to start)."""

@@ -17,7 +17,7 @@ import pytest
 import checkpoints
 import device
 import distribute
-from conftest import ROOT, expect_usage_error, idx_bytes, stub_adapter_tf1, write_bytes
+from conftest import ROOT, expect_usage_error, stub_adapter_tf1, write_noise_fashion_mnist
 from utils import UsageError
 
 # 40 training images, 20 labeled (asl pool = labeled): 5 steps per epoch at batch 4, 4 steps.
@@ -151,21 +151,6 @@ def differences(weights, names, reference):
         else:
             relative.append(difference / float(np.max(np.abs(r))))
     return max(relative), max(offsets), max(biases)
-
-
-def write_noise_fashion_mnist(folder):
-    """Fashion-MNIST files of uniform noise images. (The stripes of ``class_images`` clip
-    to flat regions, whose max-pooling windows hold near-ties: a round-off difference
-    between two runs then routes a gradient to another pixel, a jump rather than a
-    round-off difference.)"""
-    os.makedirs(folder)
-    rng = np.random.RandomState(0)
-    for prefix, count in (('train', 40), ('t10k', 30)):
-        write_bytes(os.path.join(folder, prefix + '-images-idx3-ubyte.gz'),
-                    idx_bytes(rng.randint(0, 256, (count, 28, 28))))
-        write_bytes(os.path.join(folder, prefix + '-labels-idx1-ubyte.gz'),
-                    idx_bytes(np.arange(count) % 10))
-    return folder
 
 
 @pytest.fixture(scope='module')
