@@ -24,7 +24,8 @@ as finished, so the grid goes on from them on another machine).
 The demo's setting follows from the table by a rule fixed before the grid ran:
 among the cells noted 'demo budget', the one with the largest paired mean gain
 whose 95 % interval excludes zero, if five fresh seeds (5-9) confirm it (their
-paired mean gain is positive). Otherwise the demo runs the demo-budget cell whose
+paired mean gain is positive; an interval below zero is a significant loss, not a
+gain). Otherwise the demo runs the demo-budget cell whose
 runs all converged with the largest mean gain (if none converged, the one with
 the smallest spread) and says, with the table's numbers, that the gain is not
 shown at this budget.
