@@ -44,10 +44,11 @@ def fault_point(point: str, step: int) -> None:
 
 
 def _worker() -> str:
-    """This process's task index in TF_CONFIG ('' without one)."""
+    """This process's worker index in TF_CONFIG ('' without a valid one)."""
+    from distribute import cluster_task
     try:
-        return str(json.loads(os.environ['TF_CONFIG'])['task']['index'])
-    except (KeyError, ValueError, TypeError):
+        return str(cluster_task()[0])
+    except UsageError:
         return ''
 
 
@@ -193,11 +194,12 @@ class Checkpoints:
     def save(self, step: int) -> str:
         """Writes checkpoint ``ckpt-<step>`` and makes it the newest."""
         from compat import session_scope, tf
+        from distribute import collective_errors
         self.step = step
         try:
             with session_scope():
                 return self.manager.save(checkpoint_number=step)
-        except (tf.errors.UnavailableError, tf.errors.CancelledError):
+        except collective_errors():
             raise  # a collective failed (multi_worker): another worker has gone
         except tf.errors.OpError as err:  # e.g. disk full or folder removed: report as I/O
             raise OSError(0, 'cannot write checkpoint (%s)' % err.message.splitlines()[0],

@@ -36,8 +36,8 @@ on --resume every worker restores the chief's newest checkpoint. The workers
 agree after every execution whether one of them received SIGTERM or Ctrl-C, so
 they all checkpoint the same step and stop; a non-finite loss is seen by all
 (Keras reports losses averaged over the replicas); a worker that dies makes the
-others' next collective fail, and they stop with exit code 4
-(``PeerFailure``) instead of waiting.
+others' next collective fail (``collective_errors``), and they stop with
+exit code 4 (``EXIT_PEER_FAILED``) instead of waiting.
 
 The entry calls ``define_flags`` and ``check_flags`` before TensorFlow loads,
 ``configure`` after ``device.configure`` (which returns the ``DataParallel``
@@ -235,13 +235,8 @@ class DataParallel:
 
     def checkpoint_folder(self, folder: str) -> str:
         """Where this process writes its checkpoints: ``folder`` for the chief, a
-        temporary folder inside it for the other workers (``temporary_checkpoints``)."""
+        temporary folder inside it for the other workers, removed after each save."""
         return folder if self.chief else os.path.join(folder, 'worker_%d_temp' % self.worker)
-
-    def temporary_checkpoints(self) -> bool:
-        """Whether this process's checkpoints are only its part in a collective save,
-        removed once written."""
-        return not self.chief
 
     def agree(self, flag: bool) -> bool:
         """multi_worker: whether ``flag`` is set on any worker (a collective every
@@ -263,13 +258,8 @@ class DataParallel:
         return float(votes[0]) > 0
 
     def peer_errors(self) -> tuple:
-        """The TensorFlow errors by which a collective reports a failed or vanished
-        peer (multi_worker; none otherwise)."""
-        if self.kind != 'multi_worker':
-            return ()
-        from compat import tf
-        return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-                tf.errors.AbortedError, tf.errors.CancelledError)
+        """``collective_errors`` under multi_worker; none otherwise."""
+        return collective_errors() if self.kind == 'multi_worker' else ()
 
     def scope(self):
         """The context in which the model and its optimizer are built and restored."""
@@ -304,6 +294,13 @@ class DataParallel:
         if self.kind != 'npu' or self.replicas == 1 or self.adapter is None:
             return []
         return [broadcast_callback(self.adapter)]
+
+
+def collective_errors() -> tuple:
+    """The TensorFlow errors by which a collective reports a failed or vanished peer."""
+    from compat import tf
+    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+            tf.errors.AbortedError, tf.errors.CancelledError)
 
 
 def configure(cfg: dict, adapter=None) -> DataParallel:

@@ -609,10 +609,10 @@ def train_and_evaluate(training: Training) -> int:
     cfg, result, parallel = training.cfg, training.cfg['result'], training.parallel
     ckpts = Checkpoints(parallel.checkpoint_folder(cfg['ckpt_path']), training.model,
                         cfg['keep_checkpoints'], source=cfg['ckpt_path'],
-                        temporary=parallel.temporary_checkpoints())
+                        temporary=not parallel.chief)
     step, rows = 0, []
     if cfg['resume']:
-        with training.parallel.scope():  # the optimizer's slots are made as the model's
+        with parallel.scope():  # the optimizer's slots are made as the model's
             restored = ckpts.restore_newest(warn=lambda text: print(text, file=sys.stderr))
         if restored:
             step = int(to_float(training.model.optimizer.iterations))
@@ -647,8 +647,7 @@ def train_and_evaluate(training: Training) -> int:
         except parallel.peer_errors() as err:
             print('error: another worker of the job failed or stopped at step %d (%s); the '
                   'newest checkpoint is in %s; start every worker again with --resume'
-                  % (logger.step(), type(err).__name__,
-                     cfg['ckpt_path']), file=sys.stderr)
+                  % (logger.step(), type(err).__name__, cfg['ckpt_path']), file=sys.stderr)
             return distribute.EXIT_PEER_FAILED
     if logger.nan:
         nan_step, losses = logger.nan
