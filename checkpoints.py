@@ -130,24 +130,31 @@ def check_resumable(saved: dict, cfg: dict) -> None:
 
 def check_format(path: str, model) -> None:
     """Refuses a checkpoint written before the BatchNorm layers kept the state of
-    their zero-debiased moving averages (``networks.layers.BatchNormalization``).
+    their zero-debiased moving averages, one per branch
+    (``networks.layers.BatchNormalization``).
 
-    Restoring one would leave that state at zero, so the resumed run would not
-    continue the one that wrote it; skipping it would silently start afresh.
+    Restoring one would leave that state at zero (or, for a model with a proxy
+    branch, hold one accumulator fed by both branches), so the resumed run would
+    not continue the one that wrote it; skipping it would silently start afresh.
 
     Raises:
-        UsageError: ``model`` has such layers and the checkpoint holds none of their state.
+        UsageError: ``model`` has such layers and the checkpoint holds none of
+            their state, or none of the proxy branch's that the model keeps.
         Exception: the checkpoint's index cannot be read (a damaged checkpoint).
     """
     from compat import tf
-    from networks.layers import DEBIAS_STATE, has_debiased_batchnorm
-    if not has_debiased_batchnorm(model):
-        return
-    marker = '/%s/' % DEBIAS_STATE
-    if not any(marker in name for name, _ in tf.train.list_variables(path)):
+    from networks.layers import DEBIAS_STATE, PROXY_STATE, BatchNormalization, batchnorm_layers
+    ours = [l for l in batchnorm_layers(model) if isinstance(l, BatchNormalization)]
+    names = [name for name, _ in tf.train.list_variables(path)]
+    if ours and not any('/%s/' % DEBIAS_STATE in name for name in names):
         raise UsageError('checkpoint %s was written by an earlier version whose BatchNorm '
                          'moving statistics were not zero-debiased, so the run cannot continue '
                          'exactly; start it afresh with another --result' % path)
+    if any(l.proxy_debias is not None for l in ours) and not any(
+            '/%s/' % PROXY_STATE in name for name in names):
+        raise UsageError('checkpoint %s was written by an earlier version whose BatchNorm '
+                         'layers fed both branches into one moving average, so the run cannot '
+                         'continue exactly; start it afresh with another --result' % path)
 
 
 class Checkpoints:

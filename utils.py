@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 PROXY_LABELS = 6  # rotations by 0/90/180/270 degrees, left-right flip, up-down flip
+IMAGES_PER_LABELED_STEP = 6  # the labeled branch takes batch_size × 6 images, as many as proxy views
 MAX_SHIFT = 2  # random translation range in pixels, both axes
 NOISE_STDDEV = 0.15
 WEIGHT_DECAY = 5e-4
@@ -518,8 +519,10 @@ def build_models(trunk, input_shape: Tuple[int, int, int], n_classes: int,
     if not self_supervised:
         return inference, inference
 
+    # The proxy branch applies the same trunk, with BatchNorm accumulators of its own.
+    from networks.layers import ProxyBranch
     self_in = layers.Input(shape=input_shape, name='self_data')
-    y = layers.GlobalAveragePooling2D(name='self_gap')(trunk(self_in))
+    y = layers.GlobalAveragePooling2D(name='self_gap')(ProxyBranch(trunk)(self_in))
     self_out = layers.Dense(PROXY_LABELS, name='self_clf', **head)(y)
     train = keras.Model([self_in, super_in], [self_out, super_out], name='sesemi')
     return train, inference
