@@ -107,19 +107,6 @@ else:
     from tf_keras.src.utils.control_flow_util import constant_value, smart_cond  # noqa: E402,F401
 
 
-def exclusive():
-    """A function ``run(fn)`` that builds ``fn()``'s ops so that no other ``run`` of the same
-    lock interleaves with them.
-
-    TF 1.15's Keras runs a training step's variable updates as unordered parallel ops, so an
-    update made of several reads and writes (a layer shared by two branches updates twice a
-    step) needs a lock there; TF 2.x already runs stateful ops in program order.
-    """
-    if TF1:
-        return tf.CriticalSection().execute
-    return lambda fn: fn()
-
-
 def replica_local_variable(value, name: str, average: bool = True):
     """A non-trainable variable of which every replica of a data-parallel strategy
     keeps its own copy (read across replicas: their mean, or with ``average``
@@ -132,6 +119,22 @@ def replica_local_variable(value, name: str, average: bool = True):
                    else tf.VariableAggregation.ONLY_FIRST_REPLICA)
     return tf.Variable(value, name=name, trainable=False, aggregation=aggregation,
                        synchronization=tf.VariableSynchronization.ON_READ)
+
+
+def map_batches(dataset, fn, count: int):
+    """Yields ``fn(element)`` as numpy for each of the first ``count`` elements of
+    ``dataset``; ``fn`` builds TensorFlow ops (once, in a graph or a tf.function)
+    and may use the models of Keras' session."""
+    if TF1:
+        element = tf.compat.v1.data.make_one_shot_iterator(dataset.take(count)).get_next()
+        outputs = fn(element)
+        session = K.get_session()
+        for _ in range(count):
+            yield session.run(outputs)
+        return
+    step = tf.function(fn)
+    for element in dataset.take(count):
+        yield tf.nest.map_structure(lambda t: t.numpy(), step(element))
 
 
 def set_seed(seed: int) -> None:

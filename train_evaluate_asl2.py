@@ -28,9 +28,8 @@ import device
 import distribute
 import execution
 import networks
-from utils import MODES, UsageError
+from utils import IMAGES_PER_LABELED_STEP, MODES, UsageError
 
-IMAGES_PER_LABELED_STEP = 6  # the labeled branch takes batch_size × 6 images
 SKIPPED_FILE = 'skipped_images.txt'  # image files that could not be decoded, one per line
 GRAPH_CONSTANT_LIMIT = 2 ** 31  # bytes; TF 1.15 keeps the training set in its GraphDef
 
@@ -104,6 +103,10 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer('log_every_seconds', 60, 'When stdout is not a terminal (nohup, ModelArts, '
                          'CI), print a progress line at least this often (0: only the line per '
                          'epoch).', lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer('precise_bn', 0, 'At the final evaluation, also evaluate (and save in '
+                         'model.h5) BatchNorm statistics recomputed at the final weights over this '
+                         'many labeled-branch batches (0: off, the reference\'s moving averages '
+                         'only); may change on --resume.', lower_bound=0, flag_values=fv)
     flags.DEFINE_boolean('dry_run', False, 'Validate flags and data, build the model, print the '
                          'configuration and model summary, and exit without training.', flag_values=fv)
     device.define_flags(fv)
@@ -261,6 +264,7 @@ class Training:
             return utils.build_models(trunk, info.shape, info.n_classes, self.self_supervised,
                                       cfg['super_dropout'])
 
+        self.make_models = make_models
         with parallel.scope(), distribute.network_scope(cfg):
             self.model, self.inference = make_models()
             self.schedule = utils.lr_schedule(self.base_lr, self.total_steps,
@@ -323,12 +327,29 @@ class Training:
         if step < end:
             yield step // spe, step // spe + 1, end - step, step
 
-    def evaluate(self) -> dict:
-        """Test errors of the current weights (under multi_worker, every worker at once)."""
+    def precise(self, count: int):
+        """A copy of the inference model whose BatchNorm statistics are recomputed over
+        ``count`` fixed labeled-branch batches (``precise_bn``); the trained models and
+        their statistics are left as they are."""
+        import precise_bn
+        copy = self.make_models()[1]
+        copy.set_weights(self.inference.get_weights())
+        if self.cfg['xla'] == 'on':
+            copy.jit_compile = True
+        labeled = self.x_train[self.labeled]
+        convert = self.preprocessing.apply_tf if labeled.dtype == np.uint8 else None
+        precise_bn.recompute(copy, precise_bn.labeled_batches(
+            labeled, self.batch_size * IMAGES_PER_LABELED_STEP, self.cfg['seed'],
+            self.info.hflip, convert), count)
+        return copy
+
+    def evaluate(self, model=None) -> dict:
+        """Test errors of the current weights (under multi_worker, every worker at once),
+        or of ``model``'s."""
         import utils
-        if self.evaluated is not self.inference:
+        if model is None and self.evaluated is not self.inference:
             self.evaluated.set_weights(self.inference.get_weights())
-        return utils.evaluate(self.evaluated, self.x_test, self.y_test, self.info.hflip,
+        return utils.evaluate(model or self.evaluated, self.x_test, self.y_test, self.info.hflip,
                               seed=self.cfg['seed'])
 
 
@@ -668,15 +689,27 @@ def train_and_evaluate(training: Training) -> int:
         return 0
     import model_io
     # The evaluated model holds the weights of the final evaluation, which every run ends with.
-    model_io.save_model(os.path.join(result, 'model.h5'), training.evaluated,
-                        training.preprocessing)
-    write_json(os.path.join(result, 'result.json'), {
+    saved, statistics = training.evaluated, {'model_statistics': 'moving'}
+    if cfg['precise_bn']:
+        began = time.time()
+        saved = training.precise(cfg['precise_bn'])
+        precise = training.evaluate(saved)
+        statistics = {'model_statistics': 'precise', 'precise_bn': cfg['precise_bn'],
+                      'error_dense_moving': final['error_dense'],
+                      'error_single_moving': final['error_single'],
+                      'error_dense_precise': precise['error_dense'],
+                      'error_single_precise': precise['error_single']}
+        print('Precise BatchNorm statistics (%d batches, %.0f s): test error dense %.4f, single '
+              'view %.4f' % (cfg['precise_bn'], time.time() - began, precise['error_dense'],
+                             precise['error_single']))
+    model_io.save_model(os.path.join(result, 'model.h5'), saved, training.preprocessing)
+    write_json(os.path.join(result, 'result.json'), dict(statistics, **{
         'error_dense': final['error_dense'], 'error_single': final['error_single'],
         'steps': final['step'], 'wall_seconds': time.time() - start,
         'tf_version': cfg['tf_version'], 'labels': cfg['labels'], 'mode': cfg['mode'],
         'network': cfg['network'], 'data': cfg['data'], 'precision': cfg['precision'],
         'xla': cfg['xla'], 'steps_per_execution': cfg['steps_per_execution'],
-        'distribute': cfg['distribute'], 'replicas': cfg['replicas']})
+        'distribute': cfg['distribute'], 'replicas': cfg['replicas']}))
     print('Final test error: dense %.4f, single view %.4f (%d steps). Results in %s'
           % (final['error_dense'], final['error_single'], final['step'], result))
     return 0
