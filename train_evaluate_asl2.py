@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from typing import List, Optional
 
@@ -167,10 +168,9 @@ def prepare_result_folder(path: str) -> None:
     """Creates the result folder and checks that it is writable."""
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, '.write_test')
-        with open(probe, 'w') as f:
+        # A name of its own: the workers of a multi-worker job probe the same folder at once.
+        with tempfile.NamedTemporaryFile('w', dir=path, prefix='.write_test') as f:
             f.write('ok')
-        os.remove(probe)
     except OSError as err:
         raise UsageError('cannot write to result folder %s (%s); pass a writable --result'
                          % (path, err.strerror or err))
