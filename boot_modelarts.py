@@ -20,28 +20,52 @@ import os
 import sys
 from typing import List, Optional, Tuple
 
-from help_modelarts import (CopyError, copy_folder, device_id, output_root, run_launch_script,
-                            stage_outputs)
+from help_modelarts import (
+    CopyError,
+    copy_folder,
+    device_id,
+    output_root,
+    run_launch_script,
+    stage_outputs,
+)
 
 
 def parse_args(argv: List[str]) -> Tuple[argparse.Namespace, List[str]]:
     """Parses the ModelArts flags; the flags left over are for the launch script."""
     parser = argparse.ArgumentParser(
         description='Run a SESEMI ModelZoo launch script on ModelArts. Flags not listed here '
-                    '(e.g. --epochs=1 --precision_mode=allow_mix_precision) are passed on to '
-                    'the launch script.', allow_abbrev=False)
-    parser.add_argument('--data_url', required=True,
-                        help='OBS folder of the CIFAR-10 files (or of cifar-10-batches-py).')
-    parser.add_argument('--train_url', required=True,
-                        help='OBS folder receiving the logs, the result folder and any dumps.')
-    parser.add_argument('--data_cache', default='/cache/dataset',
-                        help='Local folder the data is copied to (default: %(default)s).')
-    parser.add_argument('--result_cache', default='/cache/result',
-                        help='Local folder the upload is gathered in, under the device number '
-                             '(default: %(default)s).')
-    parser.add_argument('--script', choices=('full', 'performance'), default='full',
-                        help='Launch script: test/train_full_1p.sh (accuracy) or '
-                             'test/train_performance_1p.sh (default: %(default)s).')
+        '(e.g. --epochs=1 --precision_mode=allow_mix_precision) are passed on to '
+        'the launch script.',
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        '--data_url',
+        required=True,
+        help='OBS folder of the CIFAR-10 files (or of cifar-10-batches-py).',
+    )
+    parser.add_argument(
+        '--train_url',
+        required=True,
+        help='OBS folder receiving the logs, the result folder and any dumps.',
+    )
+    parser.add_argument(
+        '--data_cache',
+        default='/cache/dataset',
+        help='Local folder the data is copied to (default: %(default)s).',
+    )
+    parser.add_argument(
+        '--result_cache',
+        default='/cache/result',
+        help='Local folder the upload is gathered in, under the device number '
+        '(default: %(default)s).',
+    )
+    parser.add_argument(
+        '--script',
+        choices=('full', 'performance'),
+        default='full',
+        help='Launch script: test/train_full_1p.sh (accuracy) or '
+        'test/train_performance_1p.sh (default: %(default)s).',
+    )
     return parser.parse_known_args(argv)
 
 
@@ -66,8 +90,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return status or 1
     print('Copied %s to %s' % (', '.join(names) or 'nothing', args.train_url))
     if status:
-        print('error: test/train_%s_1p.sh failed with exit code %d; its logs are in %s'
-              % (args.script, status, args.train_url), file=sys.stderr)
+        print(
+            'error: test/train_%s_1p.sh failed with exit code %d; its logs are in %s'
+            % (args.script, status, args.train_url),
+            file=sys.stderr,
+        )
     return status
 
 

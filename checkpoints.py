@@ -20,11 +20,28 @@ from typing import Dict, List, Optional
 from utils import UsageError
 
 # Flags whose change makes a saved run a different run.
-RUN_DEFINING = ('data', 'network', 'labels', 'mode', 'batch_size', 'epochs', 'seed', 'width',
-                'base_lr', 'lr_decay_power', 'max_steps', 'super_dropout', 'image_size', 'hflip',
-                'zca', 'test_fraction',
-                'precision',  # the precision in effect: float32, mixed_bfloat16, an NPU mode
-                'replicas', 'scale_batch', 'sync_bn')  # data parallelism (see distribute.py)
+RUN_DEFINING = (
+    'data',
+    'network',
+    'labels',
+    'mode',
+    'batch_size',
+    'epochs',
+    'seed',
+    'width',
+    'base_lr',
+    'lr_decay_power',
+    'max_steps',
+    'super_dropout',
+    'image_size',
+    'hflip',
+    'zca',
+    'test_fraction',
+    'precision',  # the precision in effect: float32, mixed_bfloat16, an NPU mode
+    'replicas',
+    'scale_batch',
+    'sync_bn',
+)  # data parallelism (see distribute.py)
 # What runs saved before a flag existed ran with.
 RUN_DEFAULTS = {'replicas': 1, 'scale_batch': False, 'sync_bn': False}
 
@@ -46,6 +63,7 @@ def fault_point(point: str, step: int) -> None:
 def _worker() -> str:
     """This process's worker index in TF_CONFIG ('' without a valid one)."""
     from distribute import cluster_task
+
     try:
         return str(cluster_task()[0])
     except UsageError:
@@ -116,16 +134,22 @@ def check_resumable(saved: dict, cfg: dict) -> None:
     Raises:
         UsageError: listing every flag whose saved value differs.
     """
+
     def name(key: str) -> str:  # resolved: precision from --precision_mode and the device,
         if key in ('precision', 'replicas'):  # replicas from the strategy
             return '%s %s' % (key, cfg[key])
         return '--%s=%s' % (key, cfg[key])
 
-    diffs = ['%s (saved: %s)' % (name(k), saved.get(k, RUN_DEFAULTS.get(k)))
-             for k in RUN_DEFINING if k in cfg and saved.get(k, RUN_DEFAULTS.get(k)) != cfg[k]]
+    diffs = [
+        '%s (saved: %s)' % (name(k), saved.get(k, RUN_DEFAULTS.get(k)))
+        for k in RUN_DEFINING
+        if k in cfg and saved.get(k, RUN_DEFAULTS.get(k)) != cfg[k]
+    ]
     if diffs:
-        raise UsageError('cannot resume: the saved run differs in %s; use the saved values or a '
-                         'new --result' % ', '.join(diffs))
+        raise UsageError(
+            'cannot resume: the saved run differs in %s; use the saved values or a '
+            'new --result' % ', '.join(diffs)
+        )
 
 
 def check_format(path: str, model) -> None:
@@ -144,17 +168,23 @@ def check_format(path: str, model) -> None:
     """
     from compat import tf
     from networks.layers import DEBIAS_STATE, PROXY_STATE, BatchNormalization, batchnorm_layers
+
     ours = [l for l in batchnorm_layers(model) if isinstance(l, BatchNormalization)]
     names = [name for name, _ in tf.train.list_variables(path)]
     if ours and not any('/%s/' % DEBIAS_STATE in name for name in names):
-        raise UsageError('checkpoint %s was written by an earlier version whose BatchNorm '
-                         'moving statistics were not zero-debiased, so the run cannot continue '
-                         'exactly; start it afresh with another --result' % path)
+        raise UsageError(
+            'checkpoint %s was written by an earlier version whose BatchNorm '
+            'moving statistics were not zero-debiased, so the run cannot continue '
+            'exactly; start it afresh with another --result' % path
+        )
     if any(l.proxy_debias is not None for l in ours) and not any(
-            '/%s/' % PROXY_STATE in name for name in names):
-        raise UsageError('checkpoint %s was written by an earlier version whose BatchNorm '
-                         'layers fed both branches into one moving average, so the run cannot '
-                         'continue exactly; start it afresh with another --result' % path)
+        '/%s/' % PROXY_STATE in name for name in names
+    ):
+        raise UsageError(
+            'checkpoint %s was written by an earlier version whose BatchNorm '
+            'layers fed both branches into one moving average, so the run cannot '
+            'continue exactly; start it afresh with another --result' % path
+        )
 
 
 class Checkpoints:
@@ -170,9 +200,11 @@ class Checkpoints:
             in a collective save, which TensorFlow needs written somewhere).
     """
 
-    def __init__(self, folder: str, model, keep: int, source: Optional[str] = None,
-                 temporary: bool = False):
+    def __init__(
+        self, folder: str, model, keep: int, source: Optional[str] = None, temporary: bool = False
+    ):
         from compat import tf
+
         self.folder, self.source, self.temporary = folder, source or folder, temporary
         self.model = model
         self.step = 0
@@ -195,13 +227,15 @@ class Checkpoints:
                 return path
 
         self.checkpoint = Checkpoint(model=model, optimizer=model.optimizer)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, folder, max_to_keep=keep,
-                                                  checkpoint_name='ckpt')
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, folder, max_to_keep=keep, checkpoint_name='ckpt'
+        )
 
     def save(self, step: int) -> str:
         """Writes checkpoint ``ckpt-<step>`` and makes it the newest."""
         from compat import session_scope, tf
         from distribute import collective_errors
+
         self.step = step
         try:
             with session_scope():
@@ -209,8 +243,9 @@ class Checkpoints:
         except collective_errors():
             raise  # a collective failed (multi_worker): another worker has gone
         except tf.errors.OpError as err:  # e.g. disk full or folder removed: report as I/O
-            raise OSError(0, 'cannot write checkpoint (%s)' % err.message.splitlines()[0],
-                          self.folder)
+            raise OSError(
+                0, 'cannot write checkpoint (%s)' % err.message.splitlines()[0], self.folder
+            )
         finally:
             if self.temporary:
                 shutil.rmtree(self.folder, ignore_errors=True)
@@ -225,11 +260,13 @@ class Checkpoints:
             UsageError: the newest readable checkpoint has an earlier format (``check_format``).
         """
         from compat import create_optimizer_slots, restore_checkpoint, tf
+
         create_optimizer_slots(self.model)
         manager = self.manager
         if self.source != self.folder:  # max_to_keep None: only reads the list
-            manager = tf.train.CheckpointManager(self.checkpoint, self.source, max_to_keep=None,
-                                                 checkpoint_name='ckpt')
+            manager = tf.train.CheckpointManager(
+                self.checkpoint, self.source, max_to_keep=None, checkpoint_name='ckpt'
+            )
         for path in reversed(manager.checkpoints):
             try:
                 check_format(path, self.model)
@@ -238,8 +275,10 @@ class Checkpoints:
             except UsageError:
                 raise
             except Exception as err:  # a truncated or missing file shows up in several types
-                warn('warning: skipping checkpoint %s, it does not load (%s)'
-                     % (path, str(err).splitlines()[0] if str(err) else type(err).__name__))
+                warn(
+                    'warning: skipping checkpoint %s, it does not load (%s)'
+                    % (path, str(err).splitlines()[0] if str(err) else type(err).__name__)
+                )
         return None
 
 

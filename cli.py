@@ -18,8 +18,9 @@ HELP_ARGS = ('-h', '-help', '--help', '--helpfull', '-?')
 VERBOSE_ENV = 'SESEMI_VERBOSE'
 
 
-def parse_flags(define: Callable[[flags.FlagValues], None],
-                argv: List[str]) -> Tuple[flags.FlagValues, List[str]]:
+def parse_flags(
+    define: Callable[[flags.FlagValues], None], argv: List[str]
+) -> Tuple[flags.FlagValues, List[str]]:
     """Defines flags with ``define`` on a fresh FlagValues and parses ``argv``.
 
     Every tool also gets ``--verbose``: when given, it sets ``SESEMI_VERBOSE=1`` so
@@ -35,11 +36,18 @@ def parse_flags(define: Callable[[flags.FlagValues], None],
     """
     fv = flags.FlagValues()
     define(fv)
-    flags.DEFINE_boolean('verbose', False, 'Show TensorFlow\'s start-up lines and warnings '
-                         '(hidden by default; also set by %s=1).' % VERBOSE_ENV, flag_values=fv)
+    flags.DEFINE_boolean(
+        'verbose',
+        False,
+        "Show TensorFlow's start-up lines and warnings "
+        '(hidden by default; also set by %s=1).' % VERBOSE_ENV,
+        flag_values=fv,
+    )
     if any(arg in HELP_ARGS for arg in argv[1:]):
-        print('%s\n\nFlags:\n%s' % ((sys.modules[define.__module__].__doc__ or '').strip(),
-                                   fv.get_help()))
+        print(
+            '%s\n\nFlags:\n%s'
+            % ((sys.modules[define.__module__].__doc__ or '').strip(), fv.get_help())
+        )
         raise SystemExit(0)
     try:
         positional = fv(argv)
@@ -58,8 +66,9 @@ def check_folder(folder: str) -> None:
         UsageError: the folder does not exist or is not writable.
     """
     if not os.path.isdir(folder):
-        raise UsageError("output folder '%s' does not exist; create it or pass another --output"
-                         % folder)
+        raise UsageError(
+            "output folder '%s' does not exist; create it or pass another --output" % folder
+        )
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError("output folder '%s' is not writable; pass another --output" % folder)
 
@@ -75,8 +84,11 @@ def check_output(path: str) -> None:
     check_folder(os.path.dirname(os.path.abspath(path)))
 
 
-def main(run: Callable[[List[str]], int], argv: Optional[List[str]] = None,
-         io_note: str = 'nothing was written') -> int:
+def main(
+    run: Callable[[List[str]], int],
+    argv: Optional[List[str]] = None,
+    io_note: str = 'nothing was written',
+) -> int:
     """Runs ``run(argv)``, turning bad input into one line on stderr and exit code 2,
     and an I/O failure into one line (ending in ``io_note``) and exit code 1."""
     try:
@@ -85,6 +97,8 @@ def main(run: Callable[[List[str]], int], argv: Optional[List[str]] = None,
         print('error: %s' % err, file=sys.stderr)
         return 2
     except OSError as err:  # disk full, folder removed mid-run, ...
-        print('error: %s: %s; %s' % (err.strerror or type(err).__name__, err.filename or '',
-                                     io_note), file=sys.stderr)
+        print(
+            'error: %s: %s; %s' % (err.strerror or type(err).__name__, err.filename or '', io_note),
+            file=sys.stderr,
+        )
         return 1

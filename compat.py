@@ -85,6 +85,7 @@ if not VERBOSE:
 
 with stderr_set_aside(hide=not VERBOSE):
     import tensorflow as tf  # noqa: E402
+
     # The first look for GPUs initialises CUDA, which logs an error on hosts without one;
     # later looks (device.py's) reuse the result and print nothing.
     tf.config.experimental.list_physical_devices('GPU')
@@ -115,10 +116,16 @@ def replica_local_variable(value, name: str, average: bool = True):
     variable, which its Keras session initialises."""
     if TF1:
         return K.variable(value, dtype=value.dtype.name, name=name)
-    aggregation = (tf.VariableAggregation.MEAN if average
-                   else tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    return tf.Variable(value, name=name, trainable=False, aggregation=aggregation,
-                       synchronization=tf.VariableSynchronization.ON_READ)
+    aggregation = (
+        tf.VariableAggregation.MEAN if average else tf.VariableAggregation.ONLY_FIRST_REPLICA
+    )
+    return tf.Variable(
+        value,
+        name=name,
+        trainable=False,
+        aggregation=aggregation,
+        synchronization=tf.VariableSynchronization.ON_READ,
+    )
 
 
 def map_batches(dataset, fn, count: int):
@@ -153,6 +160,7 @@ def to_float(value) -> float:
 def session_scope():
     """Context in which TF 1.15 graph-mode calls find Keras' session (no-op on TF 2)."""
     import contextlib
+
     return K.get_session().as_default() if TF1 else contextlib.nullcontext()
 
 
@@ -176,8 +184,9 @@ def restore_checkpoint(checkpoint, path: str) -> None:
 def make_deterministic() -> None:
     """One thread per op pool and deterministic kernels, for bit-exact repeat runs."""
     if TF1:
-        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1,
-                                          inter_op_parallelism_threads=1)
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=1, inter_op_parallelism_threads=1
+        )
         tf.compat.v1.keras.backend.set_session(tf.compat.v1.Session(config=config))
     else:
         tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -197,8 +206,10 @@ class ScalarWriter:
     def write(self, step: int, scalars: dict) -> None:
         """Records every (tag, value) of ``scalars`` at ``step``."""
         if TF1:
-            values = [tf.compat.v1.Summary.Value(tag=tag, simple_value=float(value))
-                      for tag, value in scalars.items()]
+            values = [
+                tf.compat.v1.Summary.Value(tag=tag, simple_value=float(value))
+                for tag, value in scalars.items()
+            ]
             self._writer.add_summary(tf.compat.v1.Summary(value=values), step)
         else:
             with self._writer.as_default():
@@ -231,11 +242,16 @@ def export_serving(model, transform, input_shape, folder: str) -> dict:
             images = tf.compat.v1.placeholder(tf.float32, shape, name='images')
             probs = tf.identity(model(transform(images), training=False), name='probabilities')
         graph_def = tf.compat.v1.graph_util.convert_variables_to_constants(
-            sess, sess.graph.as_graph_def(), [probs.op.name])
+            sess, sess.graph.as_graph_def(), [probs.op.name]
+        )
         with open(os.path.join(folder, 'model.pb'), 'wb') as f:
             f.write(graph_def.SerializeToString())
-        return {'format': 'frozen_graph', 'file': 'model.pb',
-                'inputs': {'images': images.name}, 'outputs': {'probabilities': probs.name}}
+        return {
+            'format': 'frozen_graph',
+            'file': 'model.pb',
+            'inputs': {'images': images.name},
+            'outputs': {'probabilities': probs.name},
+        }
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name='images')])
     def serve(images):
@@ -245,5 +261,10 @@ def export_serving(model, transform, input_shape, folder: str) -> dict:
     # Tracking the variables alone (not the Keras model) keeps the export small and quick.
     module.weights, module.serve = list(model.variables), serve
     tf.saved_model.save(module, folder, signatures={'serving_default': serve})
-    return {'format': 'saved_model', 'file': '.', 'signature': 'serving_default',
-            'inputs': {'images': 'images'}, 'outputs': {'probabilities': 'probabilities'}}
+    return {
+        'format': 'saved_model',
+        'file': '.',
+        'signature': 'serving_default',
+        'inputs': {'images': 'images'},
+        'outputs': {'probabilities': 'probabilities'},
+    }

@@ -32,8 +32,14 @@ from absl import flags
 from utils import UsageError
 
 DEVICES = ('auto', 'cpu', 'gpu', 'npu')
-PRECISION_MODES = ('allow_fp32_to_fp16', 'force_fp16', 'force_fp32', 'cube_fp16in_fp32out',
-                   'must_keep_origin_dtype', 'allow_mix_precision')
+PRECISION_MODES = (
+    'allow_fp32_to_fp16',
+    'force_fp16',
+    'force_fp32',
+    'cube_fp16in_fp32out',
+    'must_keep_origin_dtype',
+    'allow_mix_precision',
+)
 NPU_DEFAULT_PRECISION = 'allow_fp32_to_fp16'  # the Ascend 910 default
 # Modes that let the device compute in 16 bits: mixed precision on CPU/GPU.
 MIXED_MODES = ('allow_mix_precision', 'allow_fp32_to_fp16', 'force_fp16')
@@ -42,8 +48,9 @@ DEFAULT_DUMP_STEP = '10'  # the ModelZoo page's default
 # bridge, whose npu_init registers the NpuOptimizer graph pass; TF 2.x: the device).
 ADAPTER = {1: 'npu_bridge.npu_init', 2: 'npu_device'}
 # Dynamic loss scale of the ModelZoo scripts' NPU mixed-precision training.
-NPU_LOSS_SCALE = dict(init_loss_scale=2 ** 32, incr_every_n_steps=1000, decr_every_n_nan_or_inf=2,
-                      decr_ratio=0.5)
+NPU_LOSS_SCALE = dict(
+    init_loss_scale=2**32, incr_every_n_steps=1000, decr_every_n_nan_or_inf=2, decr_ratio=0.5
+)
 OVERFLOW_EXIT_CODE = 3  # as the entry's own stop on a non-finite loss
 OVERFLOW_REPORT = 'overflow_report.txt'
 REPORT_TENSORS = 50  # non-finite tensors listed in the TF 1.15 overflow report
@@ -53,33 +60,74 @@ PROFILE_STEPS = 3
 
 # ------------------------------------------------------------------ flags
 
+
 def define_flags(fv: flags.FlagValues) -> None:
     """Defines the device flags (those of the ModelZoo launch scripts) on ``fv``."""
-    flags.DEFINE_enum('device', 'auto', DEVICES, 'Where to train. auto (default): npu when the '
-                      'Ascend adapter imports (npu_bridge on TF 1.15, npu_device on TF 2), else gpu '
-                      'when one is visible, else cpu.', flag_values=fv)
-    flags.DEFINE_string('precision_mode', '', 'Ascend precision mode: %s. Default \'\': the '
-                        'device\'s own (%s on npu, float32 on cpu/gpu). On cpu/gpu, %s train in '
-                        'mixed precision (bfloat16 on CPU and float16 on GPU under TF 2; float16 '
-                        'on GPU only under TF 1.15), the others in float32.'
-                        % (', '.join(PRECISION_MODES), NPU_DEFAULT_PRECISION, '/'.join(MIXED_MODES)),
-                        flag_values=fv)
-    flags.DEFINE_boolean('over_dump', False, 'Overflow detection: stop at the first Inf/NaN and '
-                         'report the op that made it (default off).', flag_values=fv)
-    flags.DEFINE_string('over_dump_path', None, 'Folder of the overflow report and dumps; default '
-                        '<result>/overflow_dump.', flag_values=fv)
-    flags.DEFINE_boolean('data_dump_flag', False, 'Dump every tensor of the steps in '
-                         '--data_dump_step (default off).', flag_values=fv)
-    flags.DEFINE_string('data_dump_path', None, 'Folder of the data dump (one sub-folder per step '
-                        'on cpu/gpu); default <result>/data_dump.', flag_values=fv)
-    flags.DEFINE_string('data_dump_step', DEFAULT_DUMP_STEP, 'Training steps to dump, counted '
-                        'from 0: numbers and a-b ranges joined by |, e.g. 0|3-5|10 (default %s).'
-                        % DEFAULT_DUMP_STEP, flag_values=fv)
-    flags.DEFINE_boolean('profiling', False, 'Record a profiler trace (on cpu/gpu: %d steps after '
-                         'the first %d; default off).' % (PROFILE_STEPS, PROFILE_SKIP_STEPS),
-                         flag_values=fv)
-    flags.DEFINE_string('profiling_path', None, 'Folder of the profiling data; default '
-                        '<result>/profiling.', flag_values=fv)
+    flags.DEFINE_enum(
+        'device',
+        'auto',
+        DEVICES,
+        'Where to train. auto (default): npu when the '
+        'Ascend adapter imports (npu_bridge on TF 1.15, npu_device on TF 2), else gpu '
+        'when one is visible, else cpu.',
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        'precision_mode',
+        '',
+        "Ascend precision mode: %s. Default '': the "
+        "device's own (%s on npu, float32 on cpu/gpu). On cpu/gpu, %s train in "
+        'mixed precision (bfloat16 on CPU and float16 on GPU under TF 2; float16 '
+        'on GPU only under TF 1.15), the others in float32.'
+        % (', '.join(PRECISION_MODES), NPU_DEFAULT_PRECISION, '/'.join(MIXED_MODES)),
+        flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+        'over_dump',
+        False,
+        'Overflow detection: stop at the first Inf/NaN and '
+        'report the op that made it (default off).',
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        'over_dump_path',
+        None,
+        'Folder of the overflow report and dumps; default <result>/overflow_dump.',
+        flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+        'data_dump_flag',
+        False,
+        'Dump every tensor of the steps in --data_dump_step (default off).',
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        'data_dump_path',
+        None,
+        'Folder of the data dump (one sub-folder per step on cpu/gpu); default <result>/data_dump.',
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        'data_dump_step',
+        DEFAULT_DUMP_STEP,
+        'Training steps to dump, counted '
+        'from 0: numbers and a-b ranges joined by |, e.g. 0|3-5|10 (default %s).'
+        % DEFAULT_DUMP_STEP,
+        flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+        'profiling',
+        False,
+        'Record a profiler trace (on cpu/gpu: %d steps after '
+        'the first %d; default off).' % (PROFILE_STEPS, PROFILE_SKIP_STEPS),
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        'profiling_path',
+        None,
+        'Folder of the profiling data; default <result>/profiling.',
+        flag_values=fv,
+    )
 
 
 def parse_dump_steps(text: str) -> List[int]:
@@ -92,8 +140,10 @@ def parse_dump_steps(text: str) -> List[int]:
     for part in text.split('|'):
         match = re.match(r'^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$', part)
         if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
-            raise UsageError('--data_dump_step=%r is malformed; give steps counted from 0, joined '
-                             'by |, with a-b for ranges (e.g. 0|3-5|10)' % text)
+            raise UsageError(
+                '--data_dump_step=%r is malformed; give steps counted from 0, joined '
+                'by |, with a-b for ranges (e.g. 0|3-5|10)' % text
+            )
         first = int(match.group(1))
         steps.update(range(first, int(match.group(2) or first) + 1))
     return sorted(steps)
@@ -129,35 +179,48 @@ def check_flags(cfg: dict) -> None:
             without an Ascend adapter (a --dry_run only reports the latter).
     """
     if cfg['precision_mode'] and cfg['precision_mode'] not in PRECISION_MODES:
-        raise UsageError('unknown --precision_mode=%s; choose one of: %s (or leave it empty for '
-                         'the device default)' % (cfg['precision_mode'], ', '.join(PRECISION_MODES)))
+        raise UsageError(
+            'unknown --precision_mode=%s; choose one of: %s (or leave it empty for '
+            'the device default)' % (cfg['precision_mode'], ', '.join(PRECISION_MODES))
+        )
     if cfg['over_dump'] and cfg['data_dump_flag']:
-        raise UsageError('--over_dump and --data_dump_flag cannot both be on (the Ascend adapter '
-                         'refuses enable_dump with enable_dump_debug); run them one at a time')
+        raise UsageError(
+            '--over_dump and --data_dump_flag cannot both be on (the Ascend adapter '
+            'refuses enable_dump with enable_dump_debug); run them one at a time'
+        )
     parse_dump_steps(cfg['data_dump_step'])
-    for switch, key, default in (('over_dump', 'over_dump_path', 'overflow_dump'),
-                                 ('data_dump_flag', 'data_dump_path', 'data_dump'),
-                                 ('profiling', 'profiling_path', 'profiling')):
+    for switch, key, default in (
+        ('over_dump', 'over_dump_path', 'overflow_dump'),
+        ('data_dump_flag', 'data_dump_path', 'data_dump'),
+        ('profiling', 'profiling_path', 'profiling'),
+    ):
         cfg[key] = cfg[key] or os.path.join(cfg['result'], default)
         if cfg[switch]:
             _check_folder(cfg[key], key, create=not cfg['dry_run'])
     # importlib.util.find_spec locates a top-level package without running it (the
     # adapters import TensorFlow), so a missing adapter is reported before TF loads.
-    if (cfg['device'] == 'npu' and not cfg['dry_run']
-            and not any(importlib.util.find_spec(name.split('.')[0]) for name in ADAPTER.values())):
+    if (
+        cfg['device'] == 'npu'
+        and not cfg['dry_run']
+        and not any(importlib.util.find_spec(name.split('.')[0]) for name in ADAPTER.values())
+    ):
         raise UsageError(_missing_adapter_text())
 
 
 def _missing_adapter_text(detail: str = '') -> str:
-    return ('--device=npu needs the Ascend CANN TensorFlow adapter (npu_bridge for TF 1.15, '
-            'npu_device for TF 2), which does not import here%s; install CANN and its adapter, or '
-            'use --device=cpu/gpu/auto' % (' (%s)' % detail if detail else ''))
+    return (
+        '--device=npu needs the Ascend CANN TensorFlow adapter (npu_bridge for TF 1.15, '
+        'npu_device for TF 2), which does not import here%s; install CANN and its adapter, or '
+        'use --device=cpu/gpu/auto' % (' (%s)' % detail if detail else '')
+    )
 
 
 # ------------------------------------------------------ device and precision
 
+
 def _tf_generation() -> int:
     from compat import TF1
+
     return 1 if TF1 else 2
 
 
@@ -197,9 +260,13 @@ def bfloat16_is_native() -> bool:
     BF16, AMX, or their ARM counterparts), as TensorFlow itself decides it; False
     where TensorFlow cannot tell (it then emulates bfloat16 slowly)."""
     from compat import tf
+
     try:
         from tensorflow.python.util import _pywrap_utils
-        return bool(_pywrap_utils.IsDataTypeSupportedByOneDNNOnThisCPU(tf.bfloat16.as_datatype_enum))
+
+        return bool(
+            _pywrap_utils.IsDataTypeSupportedByOneDNNOnThisCPU(tf.bfloat16.as_datatype_enum)
+        )
     except (ImportError, AttributeError):
         return False
 
@@ -207,6 +274,7 @@ def bfloat16_is_native() -> bool:
 def _select_device(cfg: dict) -> Tuple[str, Optional[object]]:
     """Resolves --device; returns (device, adapter module or None)."""
     from compat import tf
+
     if cfg['device'] in ('auto', 'npu'):
         adapter, why = import_adapter()
         if adapter is not None:
@@ -217,8 +285,10 @@ def _select_device(cfg: dict) -> Tuple[str, Optional[object]]:
             raise UsageError(_missing_adapter_text(why))
     gpus = tf.config.experimental.list_physical_devices('GPU')
     if cfg['device'] == 'gpu' and not gpus:
-        raise UsageError('--device=gpu but TensorFlow sees no GPU (CUDA_VISIBLE_DEVICES=%s); use '
-                         '--device=cpu or auto' % os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))
+        raise UsageError(
+            '--device=gpu but TensorFlow sees no GPU (CUDA_VISIBLE_DEVICES=%s); use '
+            '--device=cpu or auto' % os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')
+        )
     return ('gpu' if gpus else 'cpu') if cfg['device'] == 'auto' else cfg['device'], None
 
 
@@ -239,6 +309,7 @@ def configure(cfg: dict) -> Dict[str, str]:
             --device=gpu without a GPU.
     """
     from compat import TF1, keras, tf
+
     device, adapter = _select_device(cfg)
     precision = resolve_precision(device, cfg['precision_mode'], TF1)
     if device == 'npu':
@@ -253,14 +324,20 @@ def configure(cfg: dict) -> Dict[str, str]:
         _set_tf1_session(config, cfg['deterministic'])
     elif precision != 'float32':
         if precision == 'mixed_bfloat16' and not bfloat16_is_native():
-            print('warning: this CPU has no bfloat16 instructions that oneDNN uses, so mixed_bfloat16 '
-                  'is emulated and can be many times slower than float32; leave --precision_mode '
-                  'empty for float32', file=sys.stderr)
+            print(
+                'warning: this CPU has no bfloat16 instructions that oneDNN uses, so mixed_bfloat16 '
+                'is emulated and can be many times slower than float32; leave --precision_mode '
+                'empty for float32',
+                file=sys.stderr,
+            )
         keras.mixed_precision.set_global_policy(precision)
     elif cfg['precision_mode'] in MIXED_MODES:
-        print('warning: --precision_mode=%s trains in float32 here: TensorFlow 1.15 has mixed '
-              'precision on GPU only (the Keras mixed-precision policy needs TF 2)'
-              % cfg['precision_mode'], file=sys.stderr)
+        print(
+            'warning: --precision_mode=%s trains in float32 here: TensorFlow 1.15 has mixed '
+            'precision on GPU only (the Keras mixed-precision policy needs TF 2)'
+            % cfg['precision_mode'],
+            file=sys.stderr,
+        )
     if cfg['over_dump'] and not TF1:
         # Instruments every op created from now on, the training step included.
         tf.debugging.enable_check_numerics()
@@ -269,12 +346,14 @@ def configure(cfg: dict) -> Dict[str, str]:
 
 def _rewriter():
     from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
+
     return RewriterConfig
 
 
 def _set_tf1_session(config, deterministic: bool = False) -> None:
     """Makes Keras (TF 1.15) use a new session with ``config``."""
     from compat import tf
+
     if deterministic:  # this session replaces the one of compat.make_deterministic
         config.intra_op_parallelism_threads = config.inter_op_parallelism_threads = 1
     tf.compat.v1.keras.backend.set_session(tf.compat.v1.Session(config=config))
@@ -296,6 +375,7 @@ def optimizer_wrapper(cfg: dict, all_reduce: Optional[Callable] = None) -> Optio
             distributed option makes every rank skip an overflowing step together.
     """
     from compat import TF1
+
     if cfg['dry_run']:
         return None
     if cfg['device'] == 'npu' and cfg['precision'] == 'allow_mix_precision':
@@ -305,6 +385,7 @@ def optimizer_wrapper(cfg: dict, all_reduce: Optional[Callable] = None) -> Optio
         return all_reduce
     if cfg['device'] == 'gpu' and cfg['precision'] == 'mixed_float16' and TF1:
         from compat import tf
+
         # Wraps the optimizer in Keras' dynamic loss scaling and turns on the
         # float16 graph rewrite for sessions created later (configure made one
         # with the rewrite on already).
@@ -330,12 +411,15 @@ def _npu_loss_scale_tf1(optimizer, all_reduce: Optional[Callable] = None):
     from compat import tf
     from npu_bridge.estimator.npu.npu_loss_scale_manager import ExponentialUpdateLossScaleManager
     from npu_bridge.estimator.npu.npu_loss_scale_optimizer import NPULossScaleOptimizer
+
     config = optimizer.get_config()
     schedule = optimizer.learning_rate
     keras_optimizer = []  # filled below; the learning rate is read at graph building
     momentum = tf.compat.v1.train.MomentumOptimizer(
-        lambda: schedule(keras_optimizer[0].iterations), config['momentum'],
-        use_nesterov=config['nesterov'])
+        lambda: schedule(keras_optimizer[0].iterations),
+        config['momentum'],
+        use_nesterov=config['nesterov'],
+    )
     manager = ExponentialUpdateLossScaleManager(**NPU_LOSS_SCALE)
     if all_reduce is None:
         scaled = NPULossScaleOptimizer(momentum, manager)
@@ -352,6 +436,7 @@ def _npu_loss_scale_tf2(optimizer, all_reduce: Optional[Callable] = None):
     gradient ``all_reduce`` when given; the adapter all-reduces the overflow
     status across ranks itself)."""
     import npu_device
+
     if all_reduce is not None:
         optimizer = all_reduce(optimizer)
     return npu_device.train.optimizer.NpuLossScaleOptimizer(optimizer, dynamic=True)
@@ -359,27 +444,47 @@ def _npu_loss_scale_tf2(optimizer, all_reduce: Optional[Callable] = None):
 
 # ------------------------------------------------------------ NPU settings
 
+
 def profiling_options(path: str) -> str:
     """The adapter's profiling_options JSON: training trace, task trace and AI CPU
     data, with the forward/backward boundary ops detected automatically."""
-    return json.dumps({'output': path, 'training_trace': 'on', 'task_trace': 'on', 'aicpu': 'on',
-                       'fp_point': '', 'bp_point': '', 'aic_metrics': 'PipeUtilization'})
+    return json.dumps(
+        {
+            'output': path,
+            'training_trace': 'on',
+            'task_trace': 'on',
+            'aicpu': 'on',
+            'fp_point': '',
+            'bp_point': '',
+            'aic_metrics': 'PipeUtilization',
+        }
+    )
 
 
 def npu_settings(cfg: dict) -> List[Tuple[str, object]]:
     """The NPU options the flags ask for, as (name, value) pairs; dumps and
     profiling appear only when enabled (the adapter's defaults are off)."""
-    settings = [('precision_mode', cfg.get('precision') or cfg['precision_mode']
-                 or NPU_DEFAULT_PRECISION)]
+    settings = [
+        ('precision_mode', cfg.get('precision') or cfg['precision_mode'] or NPU_DEFAULT_PRECISION)
+    ]
     if cfg['data_dump_flag']:
-        settings += [('enable_dump', True), ('dump_path', cfg['data_dump_path']),
-                     ('dump_step', cfg['data_dump_step']), ('dump_mode', 'output')]
+        settings += [
+            ('enable_dump', True),
+            ('dump_path', cfg['data_dump_path']),
+            ('dump_step', cfg['data_dump_step']),
+            ('dump_mode', 'output'),
+        ]
     if cfg['over_dump']:
-        settings += [('enable_dump_debug', True), ('dump_path', cfg['over_dump_path']),
-                     ('dump_debug_mode', 'all')]
+        settings += [
+            ('enable_dump_debug', True),
+            ('dump_path', cfg['over_dump_path']),
+            ('dump_debug_mode', 'all'),
+        ]
     if cfg['profiling']:
-        settings += [('profiling_mode', True), ('profiling_options',
-                                                profiling_options(cfg['profiling_path']))]
+        settings += [
+            ('profiling_mode', True),
+            ('profiling_options', profiling_options(cfg['profiling_path'])),
+        ]
     return settings
 
 
@@ -390,6 +495,7 @@ def npu_session_config(cfg: dict):
     Needs no adapter (the pass is looked up by name when the session starts).
     """
     from compat import tf
+
     config = tf.compat.v1.ConfigProto()
     rewrite = config.graph_options.rewrite_options
     # The adapter's pass partitions the graph itself: TF's remapper (op fusion)
@@ -412,13 +518,17 @@ def npu_session_config(cfg: dict):
 
 
 # The TF 2 adapter's global_options() field of each setting.
-_TF2_FIELDS = {'precision_mode': 'precision_mode', 'enable_dump': 'dump_config.enable_dump',
-               'dump_path': 'dump_config.dump_path', 'dump_step': 'dump_config.dump_step',
-               'dump_mode': 'dump_config.dump_mode',
-               'enable_dump_debug': 'dump_config.enable_dump_debug',
-               'dump_debug_mode': 'dump_config.dump_debug_mode',
-               'profiling_mode': 'profiling_config.enable_profiling',
-               'profiling_options': 'profiling_config.profiling_options'}
+_TF2_FIELDS = {
+    'precision_mode': 'precision_mode',
+    'enable_dump': 'dump_config.enable_dump',
+    'dump_path': 'dump_config.dump_path',
+    'dump_step': 'dump_config.dump_step',
+    'dump_mode': 'dump_config.dump_mode',
+    'enable_dump_debug': 'dump_config.enable_dump_debug',
+    'dump_debug_mode': 'dump_config.dump_debug_mode',
+    'profiling_mode': 'profiling_config.enable_profiling',
+    'profiling_options': 'profiling_config.profiling_options',
+}
 
 
 def npu_options(cfg: dict) -> List[Tuple[str, object]]:
@@ -441,6 +551,7 @@ def open_npu(npu, options: List[Tuple[str, object]]) -> None:
 
 # -------------------------------------------- debugging aids on CPU and GPU
 
+
 def callbacks(cfg: dict) -> list:
     """The Keras callbacks of --over_dump, --data_dump_flag and --profiling on
     CPU/GPU (after ``configure``). On an NPU the adapter does these jobs itself,
@@ -460,6 +571,7 @@ def callbacks(cfg: dict) -> list:
 def _step(model) -> int:
     """The training step about to run (or just run): the optimizer's counter."""
     from compat import to_float
+
     return int(to_float(model.optimizer.iterations))
 
 
@@ -484,10 +596,15 @@ def _tf1_watch_everything(debug_op: str, folder: str, dtypes: Optional[str] = No
     (of the dtypes matching the regex ``dtypes``) and write into ``folder``."""
     from tensorflow.python import debug as tf_debug
     from compat import K, tf
+
     options = tf.compat.v1.RunOptions()
-    tf_debug.watch_graph(options, K.get_session().graph, debug_ops=[debug_op],
-                         debug_urls=['file://' + os.path.abspath(folder)],
-                         tensor_dtype_regex_whitelist=dtypes)
+    tf_debug.watch_graph(
+        options,
+        K.get_session().graph,
+        debug_ops=[debug_op],
+        debug_urls=['file://' + os.path.abspath(folder)],
+        tensor_dtype_regex_whitelist=dtypes,
+    )
     return options
 
 
@@ -509,12 +626,16 @@ def _overflow_check(folder: str):
             os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, OVERFLOW_REPORT)
             with open(path, 'w') as f:
-                f.write('First Inf/NaN in training step %d\nop: %s\nop type: %s\n\n%s\n'
-                        % (self.step, op_name, op_type, details))
+                f.write(
+                    'First Inf/NaN in training step %d\nop: %s\nop type: %s\n\n%s\n'
+                    % (self.step, op_name, op_type, details)
+                )
             sys.stdout.flush()
-            print('error: the first Inf/NaN came from op %s (%s) at step %d, see %s; lower '
-                  '--base_lr or check the input data' % (op_name, op_type, self.step, path),
-                  file=sys.stderr)
+            print(
+                'error: the first Inf/NaN came from op %s (%s) at step %d, see %s; lower '
+                '--base_lr or check the input data' % (op_name, op_type, self.step, path),
+                file=sys.stderr,
+            )
             raise SystemExit(OVERFLOW_EXIT_CODE)
 
         def on_train_batch_end(self, batch, logs=None):
@@ -524,8 +645,12 @@ def _overflow_check(folder: str):
             for weight, value in zip(weights, K.batch_get_value(weights)):
                 if not np.all(np.isfinite(value)):
                     op_name, op_type = _update_op(weight, self.model.optimizer)
-                    self.stop(op_name, op_type, 'Weight %s holds Inf/NaN after the update of this '
-                              'step (no tensor computed in the step did).' % weight.name)
+                    self.stop(
+                        op_name,
+                        op_type,
+                        'Weight %s holds Inf/NaN after the update of this '
+                        'step (no tensor computed in the step did).' % weight.name,
+                    )
 
     class CheckNumerics(OverflowCheck):
         """TF 2: every op traced after ``configure`` carries a numeric check
@@ -545,10 +670,12 @@ def _overflow_check(folder: str):
                         raise
                     node = re.search(r"node '?([^\s']+?)/CheckNumerics", err.message)
                     op_type = re.search(r'op "(\w+)"', err.message)
-                    self.stop(node.group(1) if node else 'unknown',
-                              op_type.group(1) if op_type else 'unknown',
-                              'Found by tf.debugging.enable_check_numerics(). TensorFlow says:\n'
-                              + err.message)
+                    self.stop(
+                        node.group(1) if node else 'unknown',
+                        op_type.group(1) if op_type else 'unknown',
+                        'Found by tf.debugging.enable_check_numerics(). TensorFlow says:\n'
+                        + err.message,
+                    )
 
             checked.overflow_checked = True
             self.model.train_function = checked
@@ -563,12 +690,20 @@ def _overflow_check(folder: str):
 
         def on_train_begin(self, logs=None):
             self.dumps = os.path.join(folder, 'tfdbg')
-            self.usual = _tf1_run_with(self.model, _tf1_watch_everything(
-                'DebugNumericSummary(mute_if_healthy=true)', self.dumps, dtypes='.*float.*'))
+            self.usual = _tf1_run_with(
+                self.model,
+                _tf1_watch_everything(
+                    'DebugNumericSummary(mute_if_healthy=true)', self.dumps, dtypes='.*float.*'
+                ),
+            )
 
         def on_train_batch_end(self, batch, logs=None):
-            unhealthy = [name for _, _, names in os.walk(self.dumps) for name in names
-                         if '_DebugNumericSummary_' in name]
+            unhealthy = [
+                name
+                for _, _, names in os.walk(self.dumps)
+                for name in names
+                if '_DebugNumericSummary_' in name
+            ]
             if not unhealthy:
                 for name in os.listdir(self.dumps):  # one small metadata file per step
                     if name.startswith('_tfdbg_core_metadata_'):
@@ -576,15 +711,29 @@ def _overflow_check(folder: str):
                 super().on_train_batch_end(batch, logs)
                 return
             from tensorflow.python import debug as tf_debug
+
             dump = tf_debug.DebugDumpDir(self.dumps, validate=False)
             data = sorted(dump.dumped_tensor_data, key=lambda datum: datum.timestamp)
-            lines = ['Found by the TF 1.15 debugger (DebugNumericSummary of every float tensor).',
-                     'Tensors holding Inf/NaN in this step, in the order they were computed:']
+            lines = [
+                'Found by the TF 1.15 debugger (DebugNumericSummary of every float tensor).',
+                'Tensors holding Inf/NaN in this step, in the order they were computed:',
+            ]
             for datum in data[:REPORT_TENSORS]:
-                summary = datum.get_tensor()  # [initialized, count, NaN, -Inf, <0, 0, >0, +Inf, ...]
-                lines.append('  %s:%d (%s): %d NaN, %d -Inf, %d +Inf of %d elements' % (
-                    datum.node_name, datum.output_slot, dump.node_op_type(datum.node_name),
-                    summary[2], summary[3], summary[7], summary[1]))
+                summary = (
+                    datum.get_tensor()
+                )  # [initialized, count, NaN, -Inf, <0, 0, >0, +Inf, ...]
+                lines.append(
+                    '  %s:%d (%s): %d NaN, %d -Inf, %d +Inf of %d elements'
+                    % (
+                        datum.node_name,
+                        datum.output_slot,
+                        dump.node_op_type(datum.node_name),
+                        summary[2],
+                        summary[3],
+                        summary[7],
+                        summary[1],
+                    )
+                )
             if len(data) > REPORT_TENSORS:
                 lines.append('  ... and %d more' % (len(data) - REPORT_TENSORS))
             first = data[0].node_name
@@ -600,6 +749,7 @@ def _update_op(weight, optimizer) -> Tuple[str, str]:
     """(name, type) of the op that updates ``weight``: found in the TF 1.15 graph;
     described in TF 2, whose training step is a traced function."""
     from compat import TF1
+
     if TF1:
         users = weight.op.outputs[0].consumers()
         for kind in ('Apply', 'AssignSub', 'AssignAdd'):  # optimizer, then moving averages
@@ -613,6 +763,7 @@ def _data_dump(folder: str, steps: List[int]):
     """A callback that dumps every tensor of the training steps ``steps`` into
     ``folder``/step_<n>/, and nothing of the other steps."""
     from compat import TF1, keras, tf
+
     steps = set(steps)
 
     class DataDump(keras.callbacks.Callback):
@@ -626,10 +777,12 @@ def _data_dump(folder: str, steps: List[int]):
             self.target = os.path.join(folder, 'step_%d' % step)
             if TF1:  # TF 1.15's debugger: DebugIdentity copies each tensor to a file
                 self.usual = _tf1_run_with(
-                    self.model, _tf1_watch_everything('DebugIdentity', self.target))
+                    self.model, _tf1_watch_everything('DebugIdentity', self.target)
+                )
                 return
             tf.debugging.experimental.enable_dump_debug_info(
-                self.target, tensor_debug_mode='FULL_TENSOR', circular_buffer_size=-1)
+                self.target, tensor_debug_mode='FULL_TENSOR', circular_buffer_size=-1
+            )
             # TF 2's dumping instruments graphs as they are traced: a training
             # function traced now dumps, the usual one (traced earlier) does not.
             self.usual = self.model.train_function
@@ -666,9 +819,13 @@ def _profiler(folder: str):
             if TF1:
                 self.metadata = tf.compat.v1.RunMetadata()
                 self.writer = tf.compat.v1.summary.FileWriter(folder)
-                self.usual = _tf1_run_with(self.model, tf.compat.v1.RunOptions(
-                    trace_level=tf.compat.v1.RunOptions.FULL_TRACE, output_partition_graphs=True),
-                    self.metadata)
+                self.usual = _tf1_run_with(
+                    self.model,
+                    tf.compat.v1.RunOptions(
+                        trace_level=tf.compat.v1.RunOptions.FULL_TRACE, output_partition_graphs=True
+                    ),
+                    self.metadata,
+                )
             else:
                 tf.profiler.experimental.start(folder)
 
@@ -679,10 +836,13 @@ def _profiler(folder: str):
             self.traced += 1
             if TF1:
                 from tensorflow.python.client import timeline
+
                 step = _step(self.model) - 1
                 self.writer.add_run_metadata(self.metadata, 'step_%d' % step, global_step=step)
                 with open(os.path.join(folder, 'timeline_step_%d.json' % step), 'w') as f:
-                    f.write(timeline.Timeline(self.metadata.step_stats).generate_chrome_trace_format())
+                    f.write(
+                        timeline.Timeline(self.metadata.step_stats).generate_chrome_trace_format()
+                    )
             if self.traced >= PROFILE_STEPS:
                 self.finish()
 
@@ -703,13 +863,16 @@ def _profiler(folder: str):
 
 # ------------------------------------------------------------- description
 
+
 def describe(cfg: dict) -> str:
     """What ``configure`` set up and the debugging aids in use, for --dry_run."""
     lines = ['Device: %s, precision: %s' % (cfg['device'], cfg['precision'])]
     if cfg['device'] == 'npu':
         adapter, why = import_adapter()
         if adapter is None:
-            lines.append('Ascend adapter missing (%s): a real run stops here with exit code 2' % why)
+            lines.append(
+                'Ascend adapter missing (%s): a real run stops here with exit code 2' % why
+            )
         if _tf_generation() == 1:
             lines.append('NPU session config (tf.compat.v1.ConfigProto):')
             lines.append(str(npu_session_config(cfg)).rstrip())
@@ -717,10 +880,29 @@ def describe(cfg: dict) -> str:
             lines.append('NPU options (npu_device.global_options(), then npu.open().as_default()):')
             lines += ['  %s = %r' % option for option in npu_options(cfg)]
         return '\n'.join(lines)
-    lines.append('Overflow check: %s' % ('on, report in %s' % os.path.join(
-        cfg['over_dump_path'], OVERFLOW_REPORT) if cfg['over_dump'] else 'off'))
-    lines.append('Data dump: %s' % ('steps %s into %s' % (cfg['data_dump_step'], cfg['data_dump_path'])
-                                    if cfg['data_dump_flag'] else 'off'))
-    lines.append('Profiling: %s' % ('%d steps after the first %d, into %s' % (
-        PROFILE_STEPS, PROFILE_SKIP_STEPS, cfg['profiling_path']) if cfg['profiling'] else 'off'))
+    lines.append(
+        'Overflow check: %s'
+        % (
+            'on, report in %s' % os.path.join(cfg['over_dump_path'], OVERFLOW_REPORT)
+            if cfg['over_dump']
+            else 'off'
+        )
+    )
+    lines.append(
+        'Data dump: %s'
+        % (
+            'steps %s into %s' % (cfg['data_dump_step'], cfg['data_dump_path'])
+            if cfg['data_dump_flag']
+            else 'off'
+        )
+    )
+    lines.append(
+        'Profiling: %s'
+        % (
+            '%d steps after the first %d, into %s'
+            % (PROFILE_STEPS, PROFILE_SKIP_STEPS, cfg['profiling_path'])
+            if cfg['profiling']
+            else 'off'
+        )
+    )
     return '\n'.join(lines)

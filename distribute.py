@@ -62,23 +62,41 @@ LAUNCHER = 'test/train_multi_worker.sh'
 
 def define_flags(fv: flags.FlagValues) -> None:
     """Defines --distribute, --cpu_replicas, --scale_batch and --sync_bn on ``fv``."""
-    flags.DEFINE_enum('distribute', 'none', STRATEGIES, 'Data-parallel training. none (default): '
-                      'one device; mirrored: tf.distribute.MirroredStrategy over the visible GPUs '
-                      '(or --cpu_replicas CPU devices), TF 2 only; multi_worker: '
-                      'tf.distribute.MultiWorkerMirroredStrategy, one process per worker, cluster '
-                      'from TF_CONFIG (see %s), TF 2 only; npu: Ascend HCCL, one '
-                      'process per device, from RANK_ID and RANK_SIZE (needs --device=npu).'
-                      % LAUNCHER,
-                      flag_values=fv)
-    flags.DEFINE_integer('cpu_replicas', 0, '--distribute=mirrored: mirror over this many logical '
-                         'CPU devices instead of the GPUs (implies --device=cpu); 0 (default): off.',
-                         lower_bound=0, flag_values=fv)
-    flags.DEFINE_boolean('scale_batch', False, 'Multiply --batch_size and --base_lr by the number '
-                         'of replicas (default off: --batch_size is the global batch of a step, '
-                         'split across the replicas).', flag_values=fv)
-    flags.DEFINE_boolean('sync_bn', False, 'BatchNorm statistics over the whole step, all replicas '
-                         'together (TF 2 strategies only; default off: per replica).',
-                         flag_values=fv)
+    flags.DEFINE_enum(
+        'distribute',
+        'none',
+        STRATEGIES,
+        'Data-parallel training. none (default): '
+        'one device; mirrored: tf.distribute.MirroredStrategy over the visible GPUs '
+        '(or --cpu_replicas CPU devices), TF 2 only; multi_worker: '
+        'tf.distribute.MultiWorkerMirroredStrategy, one process per worker, cluster '
+        'from TF_CONFIG (see %s), TF 2 only; npu: Ascend HCCL, one '
+        'process per device, from RANK_ID and RANK_SIZE (needs --device=npu).' % LAUNCHER,
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        'cpu_replicas',
+        0,
+        '--distribute=mirrored: mirror over this many logical '
+        'CPU devices instead of the GPUs (implies --device=cpu); 0 (default): off.',
+        lower_bound=0,
+        flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+        'scale_batch',
+        False,
+        'Multiply --batch_size and --base_lr by the number '
+        'of replicas (default off: --batch_size is the global batch of a step, '
+        'split across the replicas).',
+        flag_values=fv,
+    )
+    flags.DEFINE_boolean(
+        'sync_bn',
+        False,
+        'BatchNorm statistics over the whole step, all replicas '
+        'together (TF 2 strategies only; default off: per replica).',
+        flag_values=fv,
+    )
 
 
 def tf1_installed() -> bool:
@@ -99,9 +117,11 @@ def npu_rank() -> Tuple[int, int]:
     except ValueError:
         rank = size = -1
     if size < 1 or not 0 <= rank < size:
-        raise UsageError('--distribute=npu needs RANK_ID in 0..RANK_SIZE-1 and RANK_SIZE >= 1 in '
-                         'the environment (got RANK_ID=%s, RANK_SIZE=%s); start it with '
-                         'test/train_full_8p.sh' % texts)
+        raise UsageError(
+            '--distribute=npu needs RANK_ID in 0..RANK_SIZE-1 and RANK_SIZE >= 1 in '
+            'the environment (got RANK_ID=%s, RANK_SIZE=%s); start it with '
+            'test/train_full_8p.sh' % texts
+        )
     return rank, size
 
 
@@ -118,16 +138,23 @@ def cluster_task() -> Tuple[int, int]:
         config = json.loads(text)
         workers, task = config['cluster']['worker'], config['task']
         index = task['index']
-        ok = (isinstance(workers, list) and workers and task.get('type') == 'worker'
-              and isinstance(index, int) and 0 <= index < len(workers)
-              and set(config['cluster']) == {'worker'})
+        ok = (
+            isinstance(workers, list)
+            and workers
+            and task.get('type') == 'worker'
+            and isinstance(index, int)
+            and 0 <= index < len(workers)
+            and set(config['cluster']) == {'worker'}
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
-        raise UsageError('--distribute=multi_worker needs TF_CONFIG in the environment, e.g. '
-                         '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
-                         '"worker", "index": 0}} (workers only; index 0 is the chief); got %s; '
-                         'start local workers with %s' % (text and repr(text) or 'none', LAUNCHER))
+        raise UsageError(
+            '--distribute=multi_worker needs TF_CONFIG in the environment, e.g. '
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": '
+            '"worker", "index": 0}} (workers only; index 0 is the chief); got %s; '
+            'start local workers with %s' % (text and repr(text) or 'none', LAUNCHER)
+        )
     return index, len(workers)
 
 
@@ -155,36 +182,49 @@ def check_flags(cfg: dict) -> None:
     """
     kind = cfg['distribute']
     if kind == 'npu' and cfg['device'] != 'npu':
-        raise UsageError('--distribute=npu needs --device=npu (the HCCL collectives of the Ascend '
-                         'adapter); use --distribute=mirrored on CPU/GPU')
+        raise UsageError(
+            '--distribute=npu needs --device=npu (the HCCL collectives of the Ascend '
+            'adapter); use --distribute=mirrored on CPU/GPU'
+        )
     strategy = kind in ('mirrored', 'multi_worker')  # tf.distribute's
     if strategy and cfg['device'] == 'npu':
         raise UsageError('--distribute=%s does not run on an NPU; use --distribute=npu' % kind)
     if strategy and tf1_installed():
-        raise UsageError('--distribute=%s needs TensorFlow 2 (.venv): TensorFlow 1.15\'s '
-                         'Keras cannot train this model under a distribution strategy' % kind)
+        raise UsageError(
+            "--distribute=%s needs TensorFlow 2 (.venv): TensorFlow 1.15's "
+            'Keras cannot train this model under a distribution strategy' % kind
+        )
     if strategy and cfg['xla'] == 'on':
-        raise UsageError('--xla=on is not available with --distribute=%s (the gradient '
-                         'all-reduce would have to run inside the compiled step, which this '
-                         'project has not verified); leave --xla at auto' % kind)
+        raise UsageError(
+            '--xla=on is not available with --distribute=%s (the gradient '
+            'all-reduce would have to run inside the compiled step, which this '
+            'project has not verified); leave --xla at auto' % kind
+        )
     if kind == 'multi_worker':
         cluster_task()
     if cfg['cpu_replicas'] and kind != 'mirrored':
         raise UsageError('--cpu_replicas=%d needs --distribute=mirrored' % cfg['cpu_replicas'])
     if cfg['cpu_replicas'] and cfg['device'] not in ('auto', 'cpu'):
-        raise UsageError('--cpu_replicas mirrors over CPU devices; it cannot be used with '
-                         '--device=%s' % cfg['device'])
+        raise UsageError(
+            '--cpu_replicas mirrors over CPU devices; it cannot be used with '
+            '--device=%s' % cfg['device']
+        )
     if cfg['cpu_replicas']:
         cfg['device'] = 'cpu'
     if cfg['sync_bn'] and kind == 'none':
-        raise UsageError('--sync_bn needs --distribute=mirrored or multi_worker (one device '
-                         'has global statistics already)')
+        raise UsageError(
+            '--sync_bn needs --distribute=mirrored or multi_worker (one device '
+            'has global statistics already)'
+        )
     if cfg['sync_bn'] and kind == 'npu':
-        raise UsageError('--sync_bn is not available with --distribute=npu (the Ascend adapter has '
-                         'no synchronised BatchNorm); drop it to use per-device statistics')
+        raise UsageError(
+            '--sync_bn is not available with --distribute=npu (the Ascend adapter has '
+            'no synchronised BatchNorm); drop it to use per-device statistics'
+        )
     if cfg['scale_batch'] and kind == 'none':
-        raise UsageError('--scale_batch needs --distribute (it multiplies the batch by the number '
-                         'of replicas)')
+        raise UsageError(
+            '--scale_batch needs --distribute (it multiplies the batch by the number of replicas)'
+        )
     replicas = known_replicas(cfg)
     if replicas:
         check_batch(cfg, replicas)
@@ -193,9 +233,11 @@ def check_flags(cfg: dict) -> None:
 def check_batch(cfg: dict, replicas: int) -> None:
     """Raises UsageError when --batch_size cannot be split into ``replicas`` equal slices."""
     if not cfg['scale_batch'] and cfg['batch_size'] % replicas:
-        raise UsageError('--batch_size=%d cannot be split across %d replicas; use a multiple of '
-                         '%d, or --scale_batch to give each replica %d images'
-                         % (cfg['batch_size'], replicas, replicas, cfg['batch_size']))
+        raise UsageError(
+            '--batch_size=%d cannot be split across %d replicas; use a multiple of '
+            '%d, or --scale_batch to give each replica %d images'
+            % (cfg['batch_size'], replicas, replicas, cfg['batch_size'])
+        )
 
 
 def scaled(cfg: dict, replicas: int) -> Tuple[int, float]:
@@ -221,8 +263,15 @@ class DataParallel:
         chief: whether this process writes the result folder (worker 0).
     """
 
-    def __init__(self, kind: str, strategy, replicas: int, parts: Sequence[int],
-                 adapter=None, worker: int = 0):
+    def __init__(
+        self,
+        kind: str,
+        strategy,
+        replicas: int,
+        parts: Sequence[int],
+        adapter=None,
+        worker: int = 0,
+    ):
         self.kind, self.strategy, self.replicas = kind, strategy, replicas
         self.parts, self.adapter = list(parts), adapter
         self.worker, self.chief = worker, worker == 0
@@ -244,6 +293,7 @@ class DataParallel:
         if self.kind != 'multi_worker':
             return flag
         from compat import tf
+
         if self._agree is None:
             strategy = self.strategy
 
@@ -251,6 +301,7 @@ class DataParallel:
                 def total(local):
                     context = tf.distribute.get_replica_context()
                     return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(local))
+
                 return strategy.run(total, args=(value,))
 
             self._agree = tf.function(any_worker)
@@ -299,8 +350,13 @@ class DataParallel:
 def collective_errors() -> tuple:
     """The TensorFlow errors by which a collective reports a failed or vanished peer."""
     from compat import tf
-    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-            tf.errors.AbortedError, tf.errors.CancelledError)
+
+    return (
+        tf.errors.UnavailableError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.AbortedError,
+        tf.errors.CancelledError,
+    )
 
 
 def configure(cfg: dict, adapter=None) -> DataParallel:
@@ -315,6 +371,7 @@ def configure(cfg: dict, adapter=None) -> DataParallel:
             divisible by the replicas found.
     """
     from compat import tf
+
     kind = cfg['distribute']
     if kind == 'none':
         parallel = DataParallel(kind, tf.distribute.get_strategy(), 1, [0])
@@ -333,28 +390,39 @@ def _multi_worker() -> DataParallel:
     """MultiWorkerMirroredStrategy from TF_CONFIG; each worker feeds its own
     replicas' slices (``DataParallel.dataset``)."""
     from compat import tf
+
     worker = cluster_task()[0]
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     local = len(strategy.extended.worker_devices)
-    return DataParallel('multi_worker', strategy, strategy.num_replicas_in_sync,
-                        range(worker * local, (worker + 1) * local), worker=worker)
+    return DataParallel(
+        'multi_worker',
+        strategy,
+        strategy.num_replicas_in_sync,
+        range(worker * local, (worker + 1) * local),
+        worker=worker,
+    )
 
 
 def _mirrored(cfg: dict) -> DataParallel:
     from compat import tf
+
     if cfg['cpu_replicas']:
         cpu = tf.config.list_physical_devices('CPU')[0]
         tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * cfg['cpu_replicas'])
+            cpu, [tf.config.LogicalDeviceConfiguration()] * cfg['cpu_replicas']
+        )
         devices = ['/cpu:%d' % i for i in range(cfg['cpu_replicas'])]
     else:
         devices = ['/gpu:%d' % i for i in range(len(tf.config.list_physical_devices('GPU')))]
         if not devices:
-            raise UsageError('--distribute=mirrored found no GPU; pass --cpu_replicas=N to '
-                             'mirror over N CPU devices')
+            raise UsageError(
+                '--distribute=mirrored found no GPU; pass --cpu_replicas=N to '
+                'mirror over N CPU devices'
+            )
     strategy = tf.distribute.MirroredStrategy(devices)
-    return DataParallel('mirrored', strategy, strategy.num_replicas_in_sync,
-                        range(strategy.num_replicas_in_sync))
+    return DataParallel(
+        'mirrored', strategy, strategy.num_replicas_in_sync, range(strategy.num_replicas_in_sync)
+    )
 
 
 def hccl_optimizer_wrapper(adapter) -> Callable:
@@ -363,6 +431,7 @@ def hccl_optimizer_wrapper(adapter) -> Callable:
     tf.train optimizers). TF 2: the optimizer's ``apply_gradients`` first
     averages the gradients with ``npu_device.distribute.all_reduce``."""
     from compat import TF1
+
     if TF1:
         return adapter.npu_distributed_optimizer_wrapper
 
@@ -385,6 +454,7 @@ def broadcast_callback(adapter):
     callback that broadcasts the model's variables from rank 0 with
     ``npu_device.distribute.broadcast`` when training begins."""
     from compat import TF1, keras
+
     if TF1:
         return adapter.NPUBroadcastGlobalVariablesCallback(0)
 
@@ -405,4 +475,5 @@ def network_scope(cfg: dict):
     if not cfg['sync_bn']:
         return contextlib.nullcontext()
     from networks.layers import global_batch_statistics
+
     return global_batch_statistics()

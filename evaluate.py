@@ -35,22 +35,46 @@ from utils import IMAGES_PER_LABELED_STEP, UsageError
 
 def define_flags(fv: flags.FlagValues) -> None:
     """Defines the tool's flags on ``fv``."""
-    flags.DEFINE_string('model', None, 'The model.h5 a training run wrote (required).',
-                        flag_values=fv)
-    flags.DEFINE_string('data', None, 'Dataset name (%s); default: the one the model was trained '
-                        'on; another name is refused.' % ', '.join(dataset.DATASETS), flag_values=fv)
-    flags.DEFINE_string('dataset', None, 'Folder holding the dataset files (see dataset/dataset.txt); '
-                        'default: the dataset\'s usual folder (image folders: the one in the '
-                        'split.json next to the model).', flag_values=fv)
+    flags.DEFINE_string(
+        'model', None, 'The model.h5 a training run wrote (required).', flag_values=fv
+    )
+    flags.DEFINE_string(
+        'data',
+        None,
+        'Dataset name (%s); default: the one the model was trained '
+        'on; another name is refused.' % ', '.join(dataset.DATASETS),
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        'dataset',
+        None,
+        'Folder holding the dataset files (see dataset/dataset.txt); '
+        "default: the dataset's usual folder (image folders: the one in the "
+        'split.json next to the model).',
+        flag_values=fv,
+    )
     flags.DEFINE_alias('data_path', 'dataset', flag_values=fv)
-    flags.DEFINE_integer('seed', None, 'Seed of the dense test views; default: the training run\'s, '
-                         'as stored in the model file.', flag_values=fv)
-    flags.DEFINE_integer('precise_bn', 0, 'Evaluate with BatchNorm statistics recomputed over '
-                         'this many labeled-branch batches of the training run (0: the statistics '
-                         'in the model file); needs the args.json and split.json next to the model.',
-                         lower_bound=0, flag_values=fv)
-    flags.DEFINE_string('output', None, 'JSON file for the result; default: evaluation.json next '
-                        'to the model.', flag_values=fv)
+    flags.DEFINE_integer(
+        'seed',
+        None,
+        "Seed of the dense test views; default: the training run's, as stored in the model file.",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        'precise_bn',
+        0,
+        'Evaluate with BatchNorm statistics recomputed over '
+        'this many labeled-branch batches of the training run (0: the statistics '
+        'in the model file); needs the args.json and split.json next to the model.',
+        lower_bound=0,
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        'output',
+        None,
+        'JSON file for the result; default: evaluation.json next to the model.',
+        flag_values=fv,
+    )
     flags.mark_flag_as_required('model', flag_values=fv)
 
 
@@ -63,8 +87,10 @@ def read_split(model: str) -> dict:
         with open(path) as f:
             split = json.load(f)
     except (OSError, ValueError) as err:
-        raise UsageError("'%s' cannot be read (%s); restore the file the training run wrote"
-                         % (path, ' '.join(str(err).split())))
+        raise UsageError(
+            "'%s' cannot be read (%s); restore the file the training run wrote"
+            % (path, ' '.join(str(err).split()))
+        )
     if not isinstance(split, dict):
         raise UsageError("'%s' is not the split file a training run writes; restore it" % path)
     return split
@@ -83,28 +109,37 @@ def read_run(model: str, root: Optional[str], prep: model_io.Preprocessing):
     try:
         with open(path) as f:
             args = json.load(f)
-        batch = int(args['batch_size']) * (int(args.get('replicas', 1))
-                                           if args.get('scale_batch') else 1)
+        batch = int(args['batch_size']) * (
+            int(args.get('replicas', 1)) if args.get('scale_batch') else 1
+        )
         seed = int(args['seed'])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UsageError("--precise_bn needs the args.json the training run wrote next to the "
-                         "model; '%s' cannot be read (%s)" % (path, ' '.join(str(err).split())))
+        raise UsageError(
+            '--precise_bn needs the args.json the training run wrote next to the '
+            "model; '%s' cannot be read (%s)" % (path, ' '.join(str(err).split()))
+        )
     split = read_split(model)
     labeled = split.get('labeled_indices')
     if not isinstance(labeled, list) or not labeled:
-        raise UsageError("--precise_bn needs the split.json the training run wrote next to the "
-                         "model, with its labeled_indices, in %s" % folder)
+        raise UsageError(
+            '--precise_bn needs the split.json the training run wrote next to the '
+            'model, with its labeled_indices, in %s' % folder
+        )
     root = root or split.get('root')  # as for the test images: image folders default to the run's
     info = dataset.describe(prep.data, root, args)
     data = dataset.load_run(info, root, args.get('cache'))
     x_train = data.train[0]
     if not all(isinstance(i, int) and 0 <= i < len(x_train) for i in labeled):
-        raise UsageError("the labeled_indices of %s do not fit the %d training images of the "
-                         "dataset; pass the --dataset the model was trained on"
-                         % (os.path.join(folder, 'split.json'), len(x_train)))
+        raise UsageError(
+            'the labeled_indices of %s do not fit the %d training images of the '
+            'dataset; pass the --dataset the model was trained on'
+            % (os.path.join(folder, 'split.json'), len(x_train))
+        )
     if x_train.shape[1:] != prep.input_shape:
-        raise UsageError('the %s training images are %s, the model takes %s'
-                         % (prep.data, x_train.shape[1:], prep.input_shape))
+        raise UsageError(
+            'the %s training images are %s, the model takes %s'
+            % (prep.data, x_train.shape[1:], prep.input_shape)
+        )
     return x_train[np.asarray(labeled)], batch * IMAGES_PER_LABELED_STEP, seed
 
 
@@ -112,18 +147,24 @@ def run(argv: List[str]) -> int:
     """Runs the tool with ``argv`` (argv[0] is the program name); returns the exit code."""
     fv, positional = cli.parse_flags(define_flags, argv)
     if positional:
-        raise UsageError('unexpected argument %s; all inputs are flags (see --help)'
-                         % positional[0])
+        raise UsageError(
+            'unexpected argument %s; all inputs are flags (see --help)' % positional[0]
+        )
     if fv.data is not None:
         dataset.get(fv.data)
     prep = model_io.read_preprocessing(fv.model, data=fv.data)
-    output = fv.output or os.path.join(os.path.dirname(os.path.abspath(fv.model)), 'evaluation.json')
+    output = fv.output or os.path.join(
+        os.path.dirname(os.path.abspath(fv.model)), 'evaluation.json'
+    )
     cli.check_output(output)
-    x_test, y_test = dataset.load_test(prep.data, fv.dataset, read_split(fv.model),
-                                       prep.input_shape, prep.class_names)
+    x_test, y_test = dataset.load_test(
+        prep.data, fv.dataset, read_split(fv.model), prep.input_shape, prep.class_names
+    )
     if x_test.shape[1:] != prep.input_shape:
-        raise UsageError('the %s test images are %s, the model takes %s'
-                         % (prep.data, x_test.shape[1:], prep.input_shape))
+        raise UsageError(
+            'the %s test images are %s, the model takes %s'
+            % (prep.data, x_test.shape[1:], prep.input_shape)
+        )
 
     run = read_run(fv.model, fv.dataset, prep) if fv.precise_bn else None
 
@@ -132,15 +173,29 @@ def run(argv: List[str]) -> int:
     suffix = ''
     if run is not None:
         import precise_bn
+
         images, batch_images, run_seed = run
         convert = prep.apply_tf if images.dtype == np.uint8 else None
-        precise_bn.recompute(model, precise_bn.labeled_batches(
-            images if convert else prep.apply(images), batch_images, run_seed, prep.hflip,
-            convert), fv.precise_bn)
+        precise_bn.recompute(
+            model,
+            precise_bn.labeled_batches(
+                images if convert else prep.apply(images),
+                batch_images,
+                run_seed,
+                prep.hflip,
+                convert,
+            ),
+            fv.precise_bn,
+        )
         suffix = '_precise'
     errors = utils.evaluate(model, prep.apply(x_test), y_test, prep.hflip, seed=seed)
-    result = dict({k + suffix: v for k, v in errors.items()}, n_test=len(y_test),
-                  model=os.path.abspath(fv.model), data=prep.data, seed=seed)
+    result = dict(
+        {k + suffix: v for k, v in errors.items()},
+        n_test=len(y_test),
+        model=os.path.abspath(fv.model),
+        data=prep.data,
+        seed=seed,
+    )
     if run is not None:
         result['precise_bn'] = fv.precise_bn
     write_json(output, result)

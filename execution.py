@@ -37,20 +37,33 @@ XLA_CHOICES = ('auto', 'on', 'off')
 AUTO_STEPS_PER_EXECUTION = 8
 DEBUG_AIDS = ('over_dump', 'data_dump_flag', 'profiling')
 # Flags of actions taken every N steps, which must fall between executions.
-STEP_INTERVALS = (('ckpt_every_steps', 'checkpoints are written'),
-                  ('eval_every_steps', 'the test set is evaluated'))
+STEP_INTERVALS = (
+    ('ckpt_every_steps', 'checkpoints are written'),
+    ('eval_every_steps', 'the test set is evaluated'),
+)
 
 
 def define_flags(fv: flags.FlagValues) -> None:
     """Defines --xla and --steps_per_execution on ``fv``."""
-    flags.DEFINE_enum('xla', 'auto', XLA_CHOICES, 'Compile the training step and evaluation with '
-                      'XLA. auto (default): off, what measured faster on CPU; refused on an NPU and '
-                      'with the debugging aids.',
-                      flag_values=fv)
-    flags.DEFINE_integer('steps_per_execution', 0, 'Training steps per call of the compiled '
-                         'training function (TF 2.x; callbacks, NaN checks and SIGTERM are seen '
-                         'between calls). 0 (default): %d, or 1 while a debugging aid is on, and on '
-                         'TF 1.15 and NPU.' % AUTO_STEPS_PER_EXECUTION, lower_bound=0, flag_values=fv)
+    flags.DEFINE_enum(
+        'xla',
+        'auto',
+        XLA_CHOICES,
+        'Compile the training step and evaluation with '
+        'XLA. auto (default): off, what measured faster on CPU; refused on an NPU and '
+        'with the debugging aids.',
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        'steps_per_execution',
+        0,
+        'Training steps per call of the compiled '
+        'training function (TF 2.x; callbacks, NaN checks and SIGTERM are seen '
+        'between calls). 0 (default): %d, or 1 while a debugging aid is on, and on '
+        'TF 1.15 and NPU.' % AUTO_STEPS_PER_EXECUTION,
+        lower_bound=0,
+        flag_values=fv,
+    )
 
 
 def _debug_aids(cfg: dict) -> list:
@@ -67,18 +80,23 @@ def check_flags(cfg: dict) -> None:
     """
     aids = _debug_aids(cfg)
     if aids and cfg['xla'] == 'on':
-        raise UsageError('--xla=on cannot be used with %s, which watch every op of every step; '
-                         'leave --xla at auto' % ', '.join(aids))
+        raise UsageError(
+            '--xla=on cannot be used with %s, which watch every op of every step; '
+            'leave --xla at auto' % ', '.join(aids)
+        )
     if aids and cfg['steps_per_execution'] > 1:
-        raise UsageError('--steps_per_execution=%d cannot be used with %s, which need one step '
-                         'per execution; leave it at 0 (auto)' % (cfg['steps_per_execution'],
-                                                                  ', '.join(aids)))
+        raise UsageError(
+            '--steps_per_execution=%d cannot be used with %s, which need one step '
+            'per execution; leave it at 0 (auto)' % (cfg['steps_per_execution'], ', '.join(aids))
+        )
     per_call = cfg['steps_per_execution']
     for name, what in STEP_INTERVALS:
         every = cfg.get(name) or 0
         if every and per_call > 1 and every % per_call:
-            raise UsageError('--%s=%d is not a multiple of --steps_per_execution=%d (%s between '
-                             'executions); change one of them' % (name, every, per_call, what))
+            raise UsageError(
+                '--%s=%d is not a multiple of --steps_per_execution=%d (%s between '
+                'executions); change one of them' % (name, every, per_call, what)
+            )
 
 
 def prepare_environment(cfg: dict) -> None:
@@ -91,6 +109,7 @@ def prepare_environment(cfg: dict) -> None:
     """
     import importlib.util
     import os
+
     if cfg['xla'] == 'on' and importlib.util.find_spec('tensorflow_core') is not None:
         present = os.environ.get('TF_XLA_FLAGS', '')
         if '--tf_xla_cpu_global_jit' not in present:
@@ -123,19 +142,26 @@ def resolve(cfg: dict, device: str, tf1: bool, steps_per_epoch: int) -> Dict[str
             NPU) or not dividing the epoch.
     """
     if device == 'npu' and cfg['xla'] == 'on':
-        raise UsageError('--xla=on is not available on an NPU (the CANN adapter compiles the '
-                         'graph itself); leave --xla at auto')
+        raise UsageError(
+            '--xla=on is not available on an NPU (the CANN adapter compiles the '
+            'graph itself); leave --xla at auto'
+        )
     if cfg['xla'] == 'on' and cfg.get('deterministic') and not tf1:
-        raise UsageError('--xla=on cannot be used with --deterministic under TensorFlow 2 (its '
-                         'deterministic mode has no XLA max-pooling gradient); drop one of them')
+        raise UsageError(
+            '--xla=on cannot be used with --deterministic under TensorFlow 2 (its '
+            'deterministic mode has no XLA max-pooling gradient); drop one of them'
+        )
     asked = cfg['steps_per_execution']
     if (tf1 or device == 'npu') and asked > 1:
-        raise UsageError('--steps_per_execution=%d needs TensorFlow 2 on CPU or GPU (Keras runs '
-                         'one step per call here); leave it at 0 (auto)' % asked)
+        raise UsageError(
+            '--steps_per_execution=%d needs TensorFlow 2 on CPU or GPU (Keras runs '
+            'one step per call here); leave it at 0 (auto)' % asked
+        )
     if asked > 1 and steps_per_epoch % asked:
-        raise UsageError('--steps_per_execution=%d does not divide the %d steps of an epoch; '
-                         'choose a divisor of %d, or 0 (auto)' % (asked, steps_per_epoch,
-                                                                   steps_per_epoch))
+        raise UsageError(
+            '--steps_per_execution=%d does not divide the %d steps of an epoch; '
+            'choose a divisor of %d, or 0 (auto)' % (asked, steps_per_epoch, steps_per_epoch)
+        )
     per_call = asked
     if not per_call:
         per_call = 1 if tf1 or device == 'npu' or _debug_aids(cfg) else AUTO_STEPS_PER_EXECUTION
@@ -150,6 +176,7 @@ def compile_options(cfg: dict) -> Dict[str, object]:
     """The extra ``model.compile`` arguments for the settings in effect (TF 2.x);
     none on TF 1.15, where XLA is a session setting."""
     from compat import TF1
+
     if TF1:
         return {}
     return {'jit_compile': cfg['xla'] == 'on', 'steps_per_execution': cfg['steps_per_execution']}
@@ -164,12 +191,12 @@ def configure(cfg: dict, device: str, steps_per_epoch: int) -> Dict[str, object]
         {'xla': 'on'/'off', 'steps_per_execution': N}, for the run's configuration.
     """
     from compat import TF1, K, tf
+
     settings = resolve(cfg, device, TF1, steps_per_epoch)
     if TF1 and settings['xla'] == 'on':
         # Keeps what the session made so far was configured with (threads, rewrites).
         config = tf.compat.v1.ConfigProto()
         config.CopyFrom(getattr(K.get_session(), '_config', None) or config)
-        config.graph_options.optimizer_options.global_jit_level = (
-            tf.compat.v1.OptimizerOptions.ON_1)
+        config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
         tf.compat.v1.keras.backend.set_session(tf.compat.v1.Session(config=config))
     return settings

@@ -31,18 +31,26 @@ DESCRIPTION = 'serving.json'
 
 def define_flags(fv: flags.FlagValues) -> None:
     """Defines the tool's flags on ``fv``."""
-    flags.DEFINE_string('model', None, 'The model.h5 a training run wrote (required).',
-                        flag_values=fv)
-    flags.DEFINE_string('output', None, 'Folder to create for the export; default: export/ next '
-                        'to the model. An earlier export there is replaced.', flag_values=fv)
+    flags.DEFINE_string(
+        'model', None, 'The model.h5 a training run wrote (required).', flag_values=fv
+    )
+    flags.DEFINE_string(
+        'output',
+        None,
+        'Folder to create for the export; default: export/ next '
+        'to the model. An earlier export there is replaced.',
+        flag_values=fv,
+    )
     flags.mark_flag_as_required('model', flag_values=fv)
 
 
 def check_output_folder(path: str) -> None:
     """Refuses an --output that exists but is not an earlier export, or cannot be created."""
     if os.path.lexists(path) and not os.path.isfile(os.path.join(path, DESCRIPTION)):
-        raise UsageError("--output '%s' exists and is not an earlier export (no %s); remove it "
-                         "or pass another folder" % (path, DESCRIPTION))
+        raise UsageError(
+            "--output '%s' exists and is not an earlier export (no %s); remove it "
+            'or pass another folder' % (path, DESCRIPTION)
+        )
     cli.check_folder(os.path.dirname(path))  # the export is built next to it, then renamed
 
 
@@ -61,25 +69,34 @@ def run(argv: List[str]) -> int:
     """Runs the tool with ``argv`` (argv[0] is the program name); returns the exit code."""
     fv, positional = cli.parse_flags(define_flags, argv)
     if positional:
-        raise UsageError('unexpected argument %s; all inputs are flags (see --help)'
-                         % positional[0])
+        raise UsageError(
+            'unexpected argument %s; all inputs are flags (see --help)' % positional[0]
+        )
     prep = model_io.read_preprocessing(fv.model)
-    output = os.path.abspath(fv.output or os.path.join(os.path.dirname(os.path.abspath(fv.model)),
-                                                        'export'))
+    output = os.path.abspath(
+        fv.output or os.path.join(os.path.dirname(os.path.abspath(fv.model)), 'export')
+    )
     check_output_folder(output)
 
     import compat
+
     model, prep = model_io.load_model(fv.model)
     tmp = '%s.tmp%d' % (output, os.getpid())
     try:
         described = compat.export_serving(model, prep.apply_tf, prep.input_shape, tmp)
-        described.update({
-            'input': 'float32 N×%s images in [0, 1]; GCN%s are part of the graph'
-                     % ('×'.join(str(d) for d in prep.input_shape),
-                        ' and ZCA' if prep.zca is not None else ''),
-            'output': 'N×%d softmax probabilities, classes in label order' % prep.n_classes,
-            'preprocessing': prep.describe(), 'model': os.path.abspath(fv.model),
-            'tf_version': compat.tf.__version__})
+        described.update(
+            {
+                'input': 'float32 N×%s images in [0, 1]; GCN%s are part of the graph'
+                % (
+                    '×'.join(str(d) for d in prep.input_shape),
+                    ' and ZCA' if prep.zca is not None else '',
+                ),
+                'output': 'N×%d softmax probabilities, classes in label order' % prep.n_classes,
+                'preprocessing': prep.describe(),
+                'model': os.path.abspath(fv.model),
+                'tf_version': compat.tf.__version__,
+            }
+        )
         with open(os.path.join(tmp, DESCRIPTION), 'w') as f:
             json.dump(described, f, indent=2, sort_keys=True, ensure_ascii=False)
             f.write('\n')

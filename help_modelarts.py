@@ -61,8 +61,10 @@ def copy_folder(src: str, dst: str) -> None:
             mox.file.copy_parallel(src, dst)
             return
         if '://' in src or '://' in dst:
-            raise CopyError('%s is a URL but the moxing SDK is not installed; outside '
-                            'ModelArts give local folders' % (src if '://' in src else dst))
+            raise CopyError(
+                '%s is a URL but the moxing SDK is not installed; outside '
+                'ModelArts give local folders' % (src if '://' in src else dst)
+            )
         if not os.path.isdir(src):
             raise CopyError('%s is not a folder' % src)
         inside = os.path.relpath(os.path.realpath(dst), os.path.realpath(src))
@@ -95,8 +97,11 @@ def stage_outputs(output_dir: str, stage_dir: str) -> List[str]:
             shutil.rmtree(stage_dir)
         os.makedirs(stage_dir)
         names = sorted(os.listdir(output_dir))
-        logs = [n for n in names if n.endswith(UPLOAD_SUFFIX)
-                and os.path.isfile(os.path.join(output_dir, n))]
+        logs = [
+            n
+            for n in names
+            if n.endswith(UPLOAD_SUFFIX) and os.path.isfile(os.path.join(output_dir, n))
+        ]
         folders = [n for n in UPLOAD_FOLDERS if os.path.isdir(os.path.join(output_dir, n))]
         for name in logs:
             shutil.copy2(os.path.join(output_dir, name), os.path.join(stage_dir, name))
@@ -117,8 +122,9 @@ def device_id() -> str:
     return os.environ.get('ASCEND_DEVICE_ID') or '0'
 
 
-def run_launch_script(script: str, data_path: str, extra_args: List[str],
-                      env: Optional[dict] = None) -> int:
+def run_launch_script(
+    script: str, data_path: str, extra_args: List[str], env: Optional[dict] = None
+) -> int:
     """Runs ``bash test/train_<script>_1p.sh --data_path=<data_path> <extra_args>``.
 
     Args:

@@ -57,9 +57,19 @@ class Preprocessing:
         resize: the resize rule of ``dataset.images`` for images of another size.
     """
 
-    def __init__(self, data: str, n_classes: int, input_shape: Sequence[int],
-                 class_names: Sequence[str], hflip: bool, seed: int, zca: Optional[ZCA] = None,
-                 gcn_scale: float = GCN_SCALE, pad: int = 0, resize: str = 'stretch'):
+    def __init__(
+        self,
+        data: str,
+        n_classes: int,
+        input_shape: Sequence[int],
+        class_names: Sequence[str],
+        hflip: bool,
+        seed: int,
+        zca: Optional[ZCA] = None,
+        gcn_scale: float = GCN_SCALE,
+        pad: int = 0,
+        resize: str = 'stretch',
+    ):
         self.data = data
         self.n_classes = int(n_classes)
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -74,8 +84,9 @@ class Preprocessing:
         self.resize = resize
 
     @classmethod
-    def for_dataset(cls, info: 'dataset.DatasetInfo', zca: Optional[ZCA],
-                    seed: int) -> 'Preprocessing':
+    def for_dataset(
+        cls, info: 'dataset.DatasetInfo', zca: Optional[ZCA], seed: int
+    ) -> 'Preprocessing':
         """The preprocessing of a training run.
 
         Args:
@@ -85,8 +96,18 @@ class Preprocessing:
         """
         if info.zca != (zca is not None):
             raise ValueError('dataset %s %s ZCA' % (info.name, 'needs' if info.zca else 'has no'))
-        return cls(info.name, info.n_classes, info.shape, info.class_names, info.hflip, seed, zca,
-                   GCN_SCALE, PAD.get(info.name, 0), info.resize)
+        return cls(
+            info.name,
+            info.n_classes,
+            info.shape,
+            info.class_names,
+            info.hflip,
+            seed,
+            zca,
+            GCN_SCALE,
+            PAD.get(info.name, 0),
+            info.resize,
+        )
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """Model input from N×H×W×C images in [0, 1]: GCN, then ZCA if the model has one.
@@ -95,8 +116,9 @@ class Preprocessing:
             ValueError: the images do not have the model's input shape.
         """
         if images.shape[1:] != self.input_shape:
-            raise ValueError('images of shape %s, the model takes %s'
-                             % (images.shape[1:], self.input_shape))
+            raise ValueError(
+                'images of shape %s, the model takes %s' % (images.shape[1:], self.input_shape)
+            )
         x = global_contrast_normalize(images, self.gcn_scale, GCN_EPS)
         return x if self.zca is None else self.zca(x)
 
@@ -107,6 +129,7 @@ class Preprocessing:
         GCN_EPS count as 1), then (x − μ)·W with the stored ZCA constants.
         """
         from compat import tf
+
         size = int(np.prod(self.input_shape))
         flat = tf.reshape(images, [-1, size])
         flat = flat - tf.reduce_mean(flat, axis=1, keepdims=True)
@@ -119,10 +142,19 @@ class Preprocessing:
 
     def describe(self) -> dict:
         """The metadata as a JSON-ready dict (without the ZCA arrays)."""
-        return {'data': self.data, 'n_classes': self.n_classes,
-                'input_shape': list(self.input_shape), 'class_names': list(self.class_names),
-                'gcn_scale': self.gcn_scale, 'zca': self.zca is not None, 'hflip': self.hflip,
-                'seed': self.seed, 'pad': self.pad, 'resize': self.resize, 'alpha': ALPHA_RULE}
+        return {
+            'data': self.data,
+            'n_classes': self.n_classes,
+            'input_shape': list(self.input_shape),
+            'class_names': list(self.class_names),
+            'gcn_scale': self.gcn_scale,
+            'zca': self.zca is not None,
+            'hflip': self.hflip,
+            'seed': self.seed,
+            'pad': self.pad,
+            'resize': self.resize,
+            'alpha': ALPHA_RULE,
+        }
 
     def write(self, group) -> None:
         """Stores the preprocessing in an h5py group."""
@@ -152,27 +184,43 @@ class Preprocessing:
         """
         attrs = group.attrs
         if int(attrs['format_version']) > FORMAT_VERSION:
-            raise ValueError('format version %d is newer than this code (%d)'
-                             % (int(attrs['format_version']), FORMAT_VERSION))
+            raise ValueError(
+                'format version %d is newer than this code (%d)'
+                % (int(attrs['format_version']), FORMAT_VERSION)
+            )
         shape = tuple(int(d) for d in np.asarray(attrs['input_shape']).reshape(-1))
         names = json.loads(_text(attrs['class_names']))
         n_classes = int(attrs['n_classes'])
         if len(shape) != 3 or min(shape) < 1 or len(names) != n_classes:
-            raise ValueError('input_shape %s or %d class names for %d classes'
-                             % (shape, len(names), n_classes))
+            raise ValueError(
+                'input_shape %s or %d class names for %d classes' % (shape, len(names), n_classes)
+            )
         if _text(attrs.get('alpha', ALPHA_RULE)) != ALPHA_RULE:
-            raise ValueError('alpha rule %r, this code knows %r' % (_text(attrs['alpha']), ALPHA_RULE))
+            raise ValueError(
+                'alpha rule %r, this code knows %r' % (_text(attrs['alpha']), ALPHA_RULE)
+            )
         zca = None
         if bool(attrs['zca']):
             size = int(np.prod(shape))
             mean, matrix = np.asarray(group['zca_mean']), np.asarray(group['zca_matrix'])
             if mean.shape != (size,) or matrix.shape != (size, size):
-                raise ValueError('ZCA arrays of shapes %s and %s for %d values per image'
-                                 % (mean.shape, matrix.shape, size))
+                raise ValueError(
+                    'ZCA arrays of shapes %s and %s for %d values per image'
+                    % (mean.shape, matrix.shape, size)
+                )
             zca = ZCA(mean, matrix)
-        return cls(_text(attrs['data']), n_classes, shape, names, bool(attrs['hflip']),
-                   int(attrs['seed']), zca, float(attrs['gcn_scale']), int(attrs.get('pad', 0)),
-                   _text(attrs.get('resize', 'stretch')))
+        return cls(
+            _text(attrs['data']),
+            n_classes,
+            shape,
+            names,
+            bool(attrs['hflip']),
+            int(attrs['seed']),
+            zca,
+            float(attrs['gcn_scale']),
+            int(attrs.get('pad', 0)),
+            _text(attrs.get('resize', 'stretch')),
+        )
 
 
 def _text(value) -> str:
@@ -194,12 +242,14 @@ def save_model(path: str, model, preprocessing: Preprocessing) -> None:
     """
     import h5py
     from compat import VERBOSE
+
     tmp = '%s.tmp%d.h5' % (os.path.splitext(path)[0], os.getpid())
     try:
         with warnings.catch_warnings():
             if not VERBOSE:  # HDF5 is the format stock Keras and Ascend's tools read
-                warnings.filterwarnings('ignore', 'You are saving your model as an HDF5 file',
-                                        UserWarning)
+                warnings.filterwarnings(
+                    'ignore', 'You are saving your model as an HDF5 file', UserWarning
+                )
             model.save(tmp, include_optimizer=False)
         with h5py.File(tmp, 'a') as f:
             preprocessing.write(f.create_group(GROUP))
@@ -218,16 +268,18 @@ def _keras_input_shape(f) -> Optional[Tuple[int, ...]]:
         name = first if isinstance(first, str) else first[0]  # Keras 2: [[name, 0, 0]]
         for layer in config['layers']:
             if layer['config'].get('name', layer.get('name')) == name:
-                shape = (layer['config'].get('batch_input_shape')
-                         or layer['config'].get('batch_shape'))
+                shape = layer['config'].get('batch_input_shape') or layer['config'].get(
+                    'batch_shape'
+                )
                 return tuple(int(d) for d in shape[1:])
     except (KeyError, IndexError, TypeError, ValueError):
         pass
     return None
 
 
-def read_preprocessing(path: str, data: Optional[str] = None,
-                       input_shape: Optional[Sequence[int]] = None) -> Preprocessing:
+def read_preprocessing(
+    path: str, data: Optional[str] = None, input_shape: Optional[Sequence[int]] = None
+) -> Preprocessing:
     """Checks a model file and reads its preprocessing, without TensorFlow.
 
     Args:
@@ -243,6 +295,7 @@ def read_preprocessing(path: str, data: Optional[str] = None,
             'sesemi' group, or a dataset or input shape other than asked for.
     """
     import h5py
+
     if not os.path.isfile(path):
         raise UsageError("model file '%s' does not exist; %s" % (path, HELP))
     try:
@@ -252,28 +305,39 @@ def read_preprocessing(path: str, data: Optional[str] = None,
             if 'model_config' not in f.attrs or 'model_weights' not in f:
                 raise UsageError("model file '%s' holds no Keras model; %s" % (path, HELP))
             if GROUP not in f:
-                raise UsageError("model file '%s' has no '%s' preprocessing group (written by an "
-                                 "older version?); %s" % (path, GROUP, HELP))
+                raise UsageError(
+                    "model file '%s' has no '%s' preprocessing group (written by an "
+                    'older version?); %s' % (path, GROUP, HELP)
+                )
             prep = Preprocessing.read(f[GROUP])
             keras_shape = _keras_input_shape(f)
     except UsageError:
         raise
     except OSError as err:
-        raise UsageError("model file '%s' cannot be read (%s); %s"
-                         % (path, ' '.join(str(err).split()), HELP))
+        raise UsageError(
+            "model file '%s' cannot be read (%s); %s" % (path, ' '.join(str(err).split()), HELP)
+        )
     except (KeyError, ValueError, TypeError, IndexError) as err:
-        raise UsageError("model file '%s' is damaged (%s: %s); %s"
-                         % (path, type(err).__name__, ' '.join(str(err).split()), HELP))
+        raise UsageError(
+            "model file '%s' is damaged (%s: %s); %s"
+            % (path, type(err).__name__, ' '.join(str(err).split()), HELP)
+        )
     if keras_shape is not None and tuple(keras_shape) != prep.input_shape:
-        raise UsageError("model file '%s' is inconsistent: the network takes %s images, its "
-                         "preprocessing makes %s; %s" % (path, _shape(keras_shape),
-                                                         _shape(prep.input_shape), HELP))
+        raise UsageError(
+            "model file '%s' is inconsistent: the network takes %s images, its "
+            'preprocessing makes %s; %s'
+            % (path, _shape(keras_shape), _shape(prep.input_shape), HELP)
+        )
     if data is not None and data != prep.data:
-        raise UsageError("model file '%s' was trained on %s, not %s; pass --data=%s or a %s model"
-                         % (path, prep.data, data, prep.data, data))
+        raise UsageError(
+            "model file '%s' was trained on %s, not %s; pass --data=%s or a %s model"
+            % (path, prep.data, data, prep.data, data)
+        )
     if input_shape is not None and tuple(input_shape) != prep.input_shape:
-        raise UsageError("model file '%s' takes %s images, not %s; pass a model for %s images"
-                         % (path, _shape(prep.input_shape), _shape(input_shape), _shape(input_shape)))
+        raise UsageError(
+            "model file '%s' takes %s images, not %s; pass a model for %s images"
+            % (path, _shape(prep.input_shape), _shape(input_shape), _shape(input_shape))
+        )
     return prep
 
 
@@ -281,8 +345,7 @@ def _shape(shape: Sequence[int]) -> str:
     return 'x'.join(str(d) for d in shape)
 
 
-def load_model(path: str, data: Optional[str] = None,
-               input_shape: Optional[Sequence[int]] = None):
+def load_model(path: str, data: Optional[str] = None, input_shape: Optional[Sequence[int]] = None):
     """Loads a model file written by ``save_model``.
 
     Args:
@@ -299,15 +362,26 @@ def load_model(path: str, data: Optional[str] = None,
     """
     prep = read_preprocessing(path, data, input_shape)
     from compat import keras
+
     try:
         model = keras.models.load_model(path, compile=False)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UsageError("model file '%s' cannot be loaded by Keras (%s: %s); %s"
-                         % (path, type(err).__name__, ' '.join(str(err).split())[:200], HELP))
+        raise UsageError(
+            "model file '%s' cannot be loaded by Keras (%s: %s); %s"
+            % (path, type(err).__name__, ' '.join(str(err).split())[:200], HELP)
+        )
     shape = tuple(model.input_shape[1:])
     if shape != prep.input_shape or model.output_shape[-1] != prep.n_classes:
-        raise UsageError("model file '%s' is inconsistent: the network maps %s images to %s "
-                         "classes, its preprocessing says %s and %d; %s"
-                         % (path, _shape(shape), model.output_shape[-1], _shape(prep.input_shape),
-                            prep.n_classes, HELP))
+        raise UsageError(
+            "model file '%s' is inconsistent: the network maps %s images to %s "
+            'classes, its preprocessing says %s and %d; %s'
+            % (
+                path,
+                _shape(shape),
+                model.output_shape[-1],
+                _shape(prep.input_shape),
+                prep.n_classes,
+                HELP,
+            )
+        )
     return model, prep

@@ -17,8 +17,13 @@ import numpy as np
 SEED_OFFSET = 1000  # the batches' sampler and augmentation use the run's seed + this
 
 
-def labeled_batches(images: np.ndarray, batch_images: int, seed: int, hflip: bool,
-                    convert: Optional[Callable] = None):
+def labeled_batches(
+    images: np.ndarray,
+    batch_images: int,
+    seed: int,
+    hflip: bool,
+    convert: Optional[Callable] = None,
+):
     """The fixed labeled-branch batches: the training pipeline's labeled sampler and
     augmentation (shift, flip, noise) from step 0, keyed by ``seed`` + SEED_OFFSET,
     so they are none of the batches the run trained on and the same every time.
@@ -35,6 +40,7 @@ def labeled_batches(images: np.ndarray, batch_images: int, seed: int, hflip: boo
         the images are ``inputs['super_data']``.
     """
     import utils
+
     key = seed + SEED_OFFSET
     sampler = utils.BatchSampler(np.arange(len(images)), [], batch_images, 0, key)
     no_labels = np.zeros((len(images), 1), np.float32)
@@ -59,6 +65,7 @@ def recompute(model, batches, count: int) -> None:
     """
     from compat import K, keras, map_batches, tf
     from networks.layers import fed_variance
+
     if count < 1:
         raise ValueError('precise BatchNorm needs at least one batch, not %d' % count)
     owner = _batchnorm_owner(model)
@@ -80,22 +87,35 @@ def recompute(model, batches, count: int) -> None:
     totals = None
     for values in map_batches(batches, statistics, count):
         values = [(np.float64(m), np.float64(v)) for m, v in values]
-        totals = values if totals is None else [(a + m, b + v) for (a, b), (m, v)
-                                                in zip(totals, values)]
-    K.batch_set_value([(variable, (total / count).astype(np.float32))
-                       for layer, sums in zip(layers, totals)
-                       for variable, total in zip((layer.moving_mean, layer.moving_variance), sums)])
+        totals = (
+            values if totals is None else [(a + m, b + v) for (a, b), (m, v) in zip(totals, values)]
+        )
+    K.batch_set_value(
+        [
+            (variable, (total / count).astype(np.float32))
+            for layer, sums in zip(layers, totals)
+            for variable, total in zip((layer.moving_mean, layer.moving_variance), sums)
+        ]
+    )
 
 
 def _batchnorm_owner(model):
     """The functional model among ``model`` and its nested models that holds the
     BatchNorm layers."""
     from compat import keras
+
     candidates = [model] + [l for l in model.layers if isinstance(l, keras.Model)]
-    owners = [m for m in candidates
-              if any(isinstance(l, keras.layers.BatchNormalization) for l in m.layers)]
-    if len(owners) != 1 or owners[0].inputs[0].shape.as_list()[1:] != \
-            model.inputs[0].shape.as_list()[1:]:
-        raise ValueError('model %s does not hold its BatchNorm layers in one functional '
-                         'model on its input' % model.name)
+    owners = [
+        m
+        for m in candidates
+        if any(isinstance(l, keras.layers.BatchNormalization) for l in m.layers)
+    ]
+    if (
+        len(owners) != 1
+        or owners[0].inputs[0].shape.as_list()[1:] != model.inputs[0].shape.as_list()[1:]
+    ):
+        raise ValueError(
+            'model %s does not hold its BatchNorm layers in one functional '
+            'model on its input' % model.name
+        )
     return owners[0]

@@ -37,14 +37,25 @@ EXTENSIONS = '/'.join(e[1:].upper() for e in images.IMAGE_EXTENSIONS)
 
 def define_flags(fv: flags.FlagValues) -> None:
     """Defines the tool's flags on ``fv``."""
-    flags.DEFINE_string('model', None, 'The model.h5 a training run wrote (required).',
-                        flag_values=fv)
-    flags.DEFINE_multi_string('images', [], 'An image file (PNG, JPEG, BMP, GIF) or a folder of them; '
-                              'more files may follow the flags', flag_values=fv)
-    flags.DEFINE_integer('top', 3, 'How many of the most probable classes to report per image.',
-                         lower_bound=1, flag_values=fv)
-    flags.DEFINE_string('output', None, 'JSON file for the predictions; default: print them.',
-                        flag_values=fv)
+    flags.DEFINE_string(
+        'model', None, 'The model.h5 a training run wrote (required).', flag_values=fv
+    )
+    flags.DEFINE_multi_string(
+        'images',
+        [],
+        'An image file (PNG, JPEG, BMP, GIF) or a folder of them; more files may follow the flags',
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        'top',
+        3,
+        'How many of the most probable classes to report per image.',
+        lower_bound=1,
+        flag_values=fv,
+    )
+    flags.DEFINE_string(
+        'output', None, 'JSON file for the predictions; default: print them.', flag_values=fv
+    )
     flags.mark_flag_as_required('model', flag_values=fv)
 
 
@@ -59,9 +70,11 @@ def image_files(paths: List[str]) -> List[str]:
     files = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(os.path.join(path, name) for name in os.listdir(path)
-                           if images.is_image_file(name)
-                           and os.path.isfile(os.path.join(path, name)))
+            found = sorted(
+                os.path.join(path, name)
+                for name in os.listdir(path)
+                if images.is_image_file(name) and os.path.isfile(os.path.join(path, name))
+            )
             if not found:
                 raise UsageError("folder '%s' holds no %s images" % (path, EXTENSIONS))
             files.extend(found)
@@ -90,8 +103,10 @@ def read_image(path: str, shape, pad: int, resize: str = 'stretch') -> np.ndarra
     try:
         return images.read_pixels(path, shape, resize, pad)
     except images.DECODE_ERRORS as err:
-        raise UsageError("'%s' is not a readable image (%s); pass %s files"
-                         % (path, images.reason(err), EXTENSIONS))
+        raise UsageError(
+            "'%s' is not a readable image (%s); pass %s files"
+            % (path, images.reason(err), EXTENSIONS)
+        )
 
 
 def top_classes(probs: np.ndarray, names, top: int) -> List[dict]:
@@ -106,18 +121,26 @@ def run(argv: List[str]) -> int:
     prep = model_io.read_preprocessing(fv.model)
     files = image_files(list(fv.images) + list(positional))
     if prep.input_shape[2] not in (1, 3):
-        raise UsageError("model file '%s' takes %d-channel images; only gray (1) and RGB (3) "
-                         "are supported" % (fv.model, prep.input_shape[2]))
+        raise UsageError(
+            "model file '%s' takes %d-channel images; only gray (1) and RGB (3) "
+            'are supported' % (fv.model, prep.input_shape[2])
+        )
     if fv.output:
         cli.check_output(fv.output)
-    pixels = dataset.to_unit_float(np.stack([read_image(f, prep.input_shape, prep.pad, prep.resize)
-                                             for f in files]))
+    pixels = dataset.to_unit_float(
+        np.stack([read_image(f, prep.input_shape, prep.pad, prep.resize) for f in files])
+    )
 
     model, prep = model_io.load_model(fv.model)
     probs = model.predict(prep.apply(pixels), batch_size=256, verbose=0)
-    result = {'model': os.path.abspath(fv.model), 'data': prep.data,
-              'predictions': [{'file': f, 'top': top_classes(p, prep.class_names, fv.top)}
-                              for f, p in zip(files, probs)]}
+    result = {
+        'model': os.path.abspath(fv.model),
+        'data': prep.data,
+        'predictions': [
+            {'file': f, 'top': top_classes(p, prep.class_names, fv.top)}
+            for f, p in zip(files, probs)
+        ],
+    }
     if fv.output:
         write_json(fv.output, result)
         print('Predictions for %d images written to %s' % (len(files), fv.output))

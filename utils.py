@@ -14,7 +14,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 PROXY_LABELS = 6  # rotations by 0/90/180/270 degrees, left-right flip, up-down flip
-IMAGES_PER_LABELED_STEP = 6  # the labeled branch takes batch_size × 6 images, as many as proxy views
+IMAGES_PER_LABELED_STEP = (
+    6  # the labeled branch takes batch_size × 6 images, as many as proxy views
+)
 MAX_SHIFT = 2  # random translation range in pixels, both axes
 NOISE_STDDEV = 0.15
 WEIGHT_DECAY = 5e-4
@@ -27,8 +29,10 @@ class UsageError(Exception):
 
 # ---------------------------------------------------------------- preprocessing
 
-def global_contrast_normalize(images: np.ndarray, scale: float = 55.0,
-                              eps: float = 1e-10) -> np.ndarray:
+
+def global_contrast_normalize(
+    images: np.ndarray, scale: float = 55.0, eps: float = 1e-10
+) -> np.ndarray:
     """Global contrast normalization, per image.
 
     x ← scale · (x − mean(x)) / ‖x − mean(x)‖₂ over all pixels and channels of
@@ -61,8 +65,7 @@ class ZCA:
         return np.dot(flat - self.mean, self.matrix).reshape(images.shape)
 
 
-def zca_whitener(images: np.ndarray, identity_scale: float = 0.1,
-                 eps: float = 1e-10) -> ZCA:
+def zca_whitener(images: np.ndarray, identity_scale: float = 0.1, eps: float = 1e-10) -> ZCA:
     """Fits ZCA whitening on a set of images.
 
     With Σ = cov(flattened images) and U·diag(S)·Uᵀ = svd(Σ + identity_scale·I),
@@ -87,8 +90,10 @@ def zca_whitener(images: np.ndarray, identity_scale: float = 0.1,
 
 # ---------------------------------------------------------------- label split
 
-def stratified_sample(labels: np.ndarray, labels_per_class: int,
-                      n_classes: Optional[int] = None, seed: int = 1) -> List[int]:
+
+def stratified_sample(
+    labels: np.ndarray, labels_per_class: int, n_classes: Optional[int] = None, seed: int = 1
+) -> List[int]:
     """Picks the same number of labeled images from every class, reproducibly.
 
     One RandomState(seed) is shared across classes; for c = 0..K−1 in order, the
@@ -111,8 +116,10 @@ def stratified_sample(labels: np.ndarray, labels_per_class: int,
     for cls in range(n_classes):
         indices = np.where(labels == cls)[0]
         if len(indices) < labels_per_class:
-            raise UsageError('class %d has only %d training images, fewer than the %d labels '
-                             'per class asked for; lower --labels' % (cls, len(indices), labels_per_class))
+            raise UsageError(
+                'class %d has only %d training images, fewer than the %d labels '
+                'per class asked for; lower --labels' % (cls, len(indices), labels_per_class)
+            )
         rng.shuffle(indices)
         samples.extend(indices[:labels_per_class].tolist())
     return samples
@@ -129,14 +136,19 @@ def labeled_indices(labels: np.ndarray, n_labels: int, n_classes: int) -> List[i
     if n_labels == n_train:
         return list(range(n_train))
     if n_labels > n_train:
-        raise UsageError('--labels=%d is larger than the training set (%d images)' % (n_labels, n_train))
+        raise UsageError(
+            '--labels=%d is larger than the training set (%d images)' % (n_labels, n_train)
+        )
     if n_labels < n_classes or n_labels % n_classes:
-        raise UsageError('--labels=%d must be a multiple of the %d classes (at least one per class), '
-                         'or %d for all images' % (n_labels, n_classes, n_train))
+        raise UsageError(
+            '--labels=%d must be a multiple of the %d classes (at least one per class), '
+            'or %d for all images' % (n_labels, n_classes, n_train)
+        )
     return stratified_sample(labels, n_labels // n_classes, n_classes)
 
 
 # ------------------------------------------------ numpy transforms (reference)
+
 
 def geometric_transform(image: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """The self-supervised proxy task for one H×W×C image.
@@ -149,8 +161,9 @@ def geometric_transform(image: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return np.stack(views).astype(np.float32), np.eye(PROXY_LABELS, dtype=np.float32)
 
 
-def gaussian_noise(image: np.ndarray, stddev: float = NOISE_STDDEV,
-                   rng: Optional[np.random.RandomState] = None) -> np.ndarray:
+def gaussian_noise(
+    image: np.ndarray, stddev: float = NOISE_STDDEV, rng: Optional[np.random.RandomState] = None
+) -> np.ndarray:
     """Adds N(0, stddev²) noise to every pixel."""
     rng = rng or np.random
     return image + stddev * rng.standard_normal(image.shape).astype(image.dtype)
@@ -165,13 +178,15 @@ def shift_numpy(images: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarra
     m = MAX_SHIFT
     padded = np.pad(images, ((0, 0), (m, m), (m, m), (0, 0)), mode='symmetric')
     h, w = images.shape[1:3]
-    return np.stack([p[m - y:m - y + h, m - x:m - x + w] for p, y, x in zip(padded, dy, dx)])
+    return np.stack([p[m - y : m - y + h, m - x : m - x + w] for p, y, x in zip(padded, dy, dx)])
 
 
 # ---------------------------------------------- TensorFlow batch transforms
 
+
 def _tf():
     from compat import tf
+
     return tf
 
 
@@ -232,8 +247,9 @@ def random_shift(images, seed, flip_seed=None, samples=None, part=0, parts: int 
     tf = _tf()
     n = tf.shape(images if samples is None else samples)[0]
     mine = tf.range(n) + tf.cast(part, tf.int32) * n
-    d = tf.random.stateless_uniform([2, n * parts], seed, minval=-MAX_SHIFT, maxval=MAX_SHIFT + 1,
-                                    dtype=tf.int32)
+    d = tf.random.stateless_uniform(
+        [2, n * parts], seed, minval=-MAX_SHIFT, maxval=MAX_SHIFT + 1, dtype=tf.int32
+    )
     flip = None
     if flip_seed is not None:
         flip = tf.gather(tf.random.stateless_uniform([n * parts], flip_seed) < 0.5, mine)
@@ -249,8 +265,9 @@ def standard_normal(shape, seed):
     """
     tf = _tf()
     size = tf.reduce_prod(shape)
-    u = tf.random.stateless_uniform(tf.stack([2, (size + 1) // 2]), seed,
-                                    minval=np.finfo(np.float32).tiny, maxval=1.0)
+    u = tf.random.stateless_uniform(
+        tf.stack([2, (size + 1) // 2]), seed, minval=np.finfo(np.float32).tiny, maxval=1.0
+    )
     radius, angle = tf.sqrt(-2.0 * tf.math.log(u[0])), (2 * np.pi) * u[1]
     z = tf.concat([radius * tf.cos(angle), radius * tf.sin(angle)], 0)
     return tf.reshape(z[:size], shape)
@@ -263,7 +280,7 @@ def add_noise(images, seed, stddev: float = NOISE_STDDEV):
 
 
 # Images of one stream in one step, at most: a per-image key is (seed, stream key × this + position).
-MAX_IMAGES_PER_STEP = 2 ** 24
+MAX_IMAGES_PER_STEP = 2**24
 
 
 def image_keys(key, first, n):
@@ -271,8 +288,9 @@ def image_keys(key, first, n):
     a step's stream whose key is ``key`` = (seed, k): (seed, k·2²⁴ + position)."""
     tf = _tf()
     position = tf.range(tf.cast(n, tf.int64), dtype=tf.int64) + tf.cast(first, tf.int64)
-    return tf.stack([tf.fill([tf.cast(n, tf.int32)], key[0]),
-                     key[1] * MAX_IMAGES_PER_STEP + position], axis=1)
+    return tf.stack(
+        [tf.fill([tf.cast(n, tf.int32)], key[0]), key[1] * MAX_IMAGES_PER_STEP + position], axis=1
+    )
 
 
 def add_noise_per_image(images, keys, stddev: float = NOISE_STDDEV):
@@ -309,6 +327,7 @@ def proxy_transforms(images):
 
 # ---------------------------------------------------------------- input pipeline
 
+
 class BatchSampler:
     """The image indices of every training step, as a pure function of the step.
 
@@ -326,8 +345,14 @@ class BatchSampler:
         seed: seeds the permutations.
     """
 
-    def __init__(self, labeled: Sequence[int], pool: Sequence[int], labeled_batch: int,
-                 pool_batch: int, seed: int):
+    def __init__(
+        self,
+        labeled: Sequence[int],
+        pool: Sequence[int],
+        labeled_batch: int,
+        pool_batch: int,
+        seed: int,
+    ):
         self.sets = (np.asarray(labeled, np.int64), np.asarray(pool, np.int64))
         self.batches = (labeled_batch, pool_batch if len(pool) else 0)
         self.seed = seed
@@ -357,8 +382,9 @@ class BatchSampler:
         return self._take(0, step), self._take(1, step)
 
 
-def augment_batch(images, labels, labeled, pool, step, seed: int, hflip: bool, part=0,
-                  parts: int = 1):
+def augment_batch(
+    images, labels, labeled, pool, step, seed: int, hflip: bool, part=0, parts: int = 1
+):
     """Builds one training step, or part ``part`` of its ``parts`` equal parts
     (one replica's slice), from the whole training set, in-graph.
 
@@ -374,8 +400,9 @@ def augment_batch(images, labels, labeled, pool, step, seed: int, hflip: bool, p
     tf = _tf()
     keys = [tf.stack([tf.cast(seed, tf.int64), tf.cast(step, tf.int64) * 8 + k]) for k in range(5)]
     n = tf.shape(labeled, out_type=tf.int64)[0]
-    x = random_shift(images, keys[0], keys[1] if hflip else None, samples=labeled, part=part,
-                     parts=parts)
+    x = random_shift(
+        images, keys[0], keys[1] if hflip else None, samples=labeled, part=part, parts=parts
+    )
     part = tf.cast(part, tf.int64)
     inputs = {'super_data': add_noise_per_image(x, image_keys(keys[2], part * n, n))}
     targets = {'super_clf': tf.gather(labels, labeled)}
@@ -410,9 +437,17 @@ def gather_converted(images, labels, labeled, pool, convert: Callable):
 STEPS_PER_CHUNK = 32  # steps whose indices the sampler hands to tf.data at once
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray, sampler: BatchSampler, seed: int,
-                 hflip: bool, first_step: int = 0, convert: Optional[Callable] = None,
-                 parts: Sequence[int] = (0,), n_parts: int = 1):
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    sampler: BatchSampler,
+    seed: int,
+    hflip: bool,
+    first_step: int = 0,
+    convert: Optional[Callable] = None,
+    parts: Sequence[int] = (0,),
+    n_parts: int = 1,
+):
     """The training input pipeline: an endless tf.data stream of augmented steps.
 
     The training images live in one tensor; a Python generator yields only each
@@ -440,8 +475,9 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, sampler: BatchSampler, 
     """
     tf = _tf()
     if any(batch % n_parts for batch in sampler.batches):
-        raise ValueError('batches of %s images cannot be cut into %d equal parts'
-                         % (sampler.batches, n_parts))
+        raise ValueError(
+            'batches of %s images cannot be cut into %d equal parts' % (sampler.batches, n_parts)
+        )
     self_supervised = sampler.batches[1] > 0
     images, labels = tf.constant(images), tf.constant(labels)
     parts = np.asarray(parts, np.int64)
@@ -457,15 +493,26 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, sampler: BatchSampler, 
         while True:
             steps = np.arange(start, start + STEPS_PER_CHUNK, dtype=np.int64)
             labeled, pool = zip(*(sampler.batch(step) for step in steps))
-            yield (slices(labeled), slices(pool), np.repeat(steps, len(parts)),
-                   np.tile(parts, len(steps)))
+            yield (
+                slices(labeled),
+                slices(pool),
+                np.repeat(steps, len(parts)),
+                np.tile(parts, len(steps)),
+            )
             start += STEPS_PER_CHUNK
 
     dataset = tf.data.Dataset.from_generator(
-        chunks, (tf.int64, tf.int64, tf.int64, tf.int64),
-        (tf.TensorShape([None, None]), tf.TensorShape([None, None]), tf.TensorShape([None]),
-         tf.TensorShape([None])))
+        chunks,
+        (tf.int64, tf.int64, tf.int64, tf.int64),
+        (
+            tf.TensorShape([None, None]),
+            tf.TensorShape([None, None]),
+            tf.TensorShape([None]),
+            tf.TensorShape([None]),
+        ),
+    )
     dataset = dataset.flat_map(lambda *chunk: tf.data.Dataset.from_tensor_slices(chunk))
+
     def build_step(labeled, pool, step, part):
         x, y, pool = images, labels, pool if self_supervised else None
         if convert is not None:
@@ -478,15 +525,23 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, sampler: BatchSampler, 
 
 # ---------------------------------------------------------------- model
 
+
 def lr_schedule(base_lr: float, max_iter: int, power: float):
     """base_lr · (1 − iteration/max_iter)^power, decaying to 0 at max_iter."""
     from compat import keras
+
     return keras.optimizers.schedules.PolynomialDecay(
-        base_lr, decay_steps=max(1, max_iter), end_learning_rate=0.0, power=power)
+        base_lr, decay_steps=max(1, max_iter), end_learning_rate=0.0, power=power
+    )
 
 
-def build_models(trunk, input_shape: Tuple[int, int, int], n_classes: int,
-                 self_supervised: bool, super_dropout: float):
+def build_models(
+    trunk,
+    input_shape: Tuple[int, int, int],
+    n_classes: int,
+    self_supervised: bool,
+    super_dropout: float,
+):
     """Puts the supervised and the self-supervised heads on one shared trunk.
 
     Each head is global average pooling then a softmax Dense layer (glorot
@@ -505,10 +560,16 @@ def build_models(trunk, input_shape: Tuple[int, int, int], n_classes: int,
         and the supervised branch alone, used for evaluation and saving.
     """
     from compat import keras
+
     layers = keras.layers
     # float32 heads: under a mixed-precision policy the softmax and the loss stay in float32.
-    head = dict(activation='softmax', kernel_initializer='glorot_uniform', use_bias=True,
-                kernel_regularizer=keras.regularizers.l2(WEIGHT_DECAY), dtype='float32')
+    head = dict(
+        activation='softmax',
+        kernel_initializer='glorot_uniform',
+        use_bias=True,
+        kernel_regularizer=keras.regularizers.l2(WEIGHT_DECAY),
+        dtype='float32',
+    )
 
     super_in = layers.Input(shape=input_shape, name='super_data')
     x = layers.GlobalAveragePooling2D(name='super_gap')(trunk(super_in))
@@ -521,6 +582,7 @@ def build_models(trunk, input_shape: Tuple[int, int, int], n_classes: int,
 
     # The proxy branch applies the same trunk, with BatchNorm accumulators of its own.
     from networks.layers import ProxyBranch
+
     self_in = layers.Input(shape=input_shape, name='self_data')
     y = layers.GlobalAveragePooling2D(name='self_gap')(ProxyBranch(trunk)(self_in))
     self_out = layers.Dense(PROXY_LABELS, name='self_clf', **head)(y)
@@ -528,8 +590,9 @@ def build_models(trunk, input_shape: Tuple[int, int, int], n_classes: int,
     return train, inference
 
 
-def compile_model(model, schedule, self_supervised: bool,
-                  wrap_optimizer: Optional[Callable] = None, **options) -> None:
+def compile_model(
+    model, schedule, self_supervised: bool, wrap_optimizer: Optional[Callable] = None, **options
+) -> None:
     """SGD with Nesterov momentum 0.9 on the joint loss.
 
     Keras adds the layers' L2 penalties to the total loss itself.
@@ -544,6 +607,7 @@ def compile_model(model, schedule, self_supervised: bool,
             ``steps_per_execution`` on TF 2 (see ``device.compile_options``).
     """
     from compat import keras
+
     # Supervised cross-entropy on the labeled branch, weight 1.
     losses = {'super_clf': 'categorical_crossentropy'}
     weights = {'super_clf': 1.0}
@@ -557,10 +621,13 @@ def compile_model(model, schedule, self_supervised: bool,
     optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, nesterov=True)
     if wrap_optimizer is not None:
         optimizer = wrap_optimizer(optimizer)
-    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, metrics=metrics, **options)
+    model.compile(
+        optimizer=optimizer, loss=losses, loss_weights=weights, metrics=metrics, **options
+    )
 
 
 # ---------------------------------------------------------------- evaluation
+
 
 def dense_views(images: np.ndarray, hflip: bool, rng: np.random.RandomState) -> np.ndarray:
     """The reference's test-time views of each image.
@@ -581,8 +648,15 @@ def dense_views(images: np.ndarray, hflip: bool, rng: np.random.RandomState) -> 
     return np.stack(views, axis=1)
 
 
-def evaluate(model, images: np.ndarray, labels: np.ndarray, hflip: bool, seed: int = 0,
-             chunk: int = 1000, batch_size: int = 256) -> Dict[str, float]:
+def evaluate(
+    model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    hflip: bool,
+    seed: int = 0,
+    chunk: int = 1000,
+    batch_size: int = 256,
+) -> Dict[str, float]:
     """Single-view and dense test error of a softmax classifier.
 
     Dense: average the softmax over ``dense_views`` of each image, then argmax.
@@ -596,13 +670,16 @@ def evaluate(model, images: np.ndarray, labels: np.ndarray, hflip: bool, seed: i
     labels = np.asarray(labels).reshape(-1)
     single, dense = [], []
     for start in range(0, len(images), chunk):
-        x = images[start:start + chunk]
+        x = images[start : start + chunk]
         views = dense_views(x, hflip, rng)
         n, v = views.shape[:2]
-        probs = model.predict(views.reshape((n * v,) + x.shape[1:]), batch_size=batch_size,
-                              verbose=0)
+        probs = model.predict(
+            views.reshape((n * v,) + x.shape[1:]), batch_size=batch_size, verbose=0
+        )
         probs = probs.reshape(n, v, -1)
         single.append(probs[:, 0].argmax(axis=1))
         dense.append(probs.mean(axis=1).argmax(axis=1))
-    return {'error_single': float(np.mean(np.concatenate(single) != labels)),
-            'error_dense': float(np.mean(np.concatenate(dense) != labels))}
+    return {
+        'error_single': float(np.mean(np.concatenate(single) != labels)),
+        'error_dense': float(np.mean(np.concatenate(dense) != labels)),
+    }

@@ -36,15 +36,22 @@ def main() -> None:
     from networks import layers
 
     inputs = keras.layers.Input(SHAPE)
-    trunk = keras.Model(inputs, layers.BatchNormalization(momentum=DECAY, epsilon=EPSILON,
-                                                           name='bn')(inputs))
+    trunk = keras.Model(
+        inputs, layers.BatchNormalization(momentum=DECAY, epsilon=EPSILON, name='bn')(inputs)
+    )
     labeled_in, proxy_in = keras.layers.Input(SHAPE), keras.layers.Input(SHAPE)
-    model = keras.Model([labeled_in, proxy_in],
-                        [trunk(labeled_in), layers.ProxyBranch(trunk)(proxy_in)])
+    model = keras.Model(
+        [labeled_in, proxy_in], [trunk(labeled_in), layers.ProxyBranch(trunk)(proxy_in)]
+    )
     model.compile(keras.optimizers.SGD(0.0), 'mse')
     rng = np.random.RandomState(0)
-    steps = [(rng.normal(3.0, 2.0, (2,) + SHAPE).astype(np.float32),
-              rng.normal(-1.0, 0.5, (2,) + SHAPE).astype(np.float32)) for _ in range(args.steps)]
+    steps = [
+        (
+            rng.normal(3.0, 2.0, (2,) + SHAPE).astype(np.float32),
+            rng.normal(-1.0, 0.5, (2,) + SHAPE).astype(np.float32),
+        )
+        for _ in range(args.steps)
+    ]
     for labeled, proxy in steps:
         model.train_on_batch([labeled, proxy], [np.zeros_like(labeled)] * 2)
 
@@ -54,11 +61,15 @@ def main() -> None:
         'proxy branch average': debiased([s[1] for s in steps]),
         'one accumulator (both)': debiased([x for s in steps for x in (s[1], s[0])]),
     }
-    print('TensorFlow %s, %d steps: moving mean %s' % (tf.__version__, args.steps,
-                                                       np.array2string(moving, precision=4)))
+    print(
+        'TensorFlow %s, %d steps: moving mean %s'
+        % (tf.__version__, args.steps, np.array2string(moving, precision=4))
+    )
     for name, value in references.items():
-        print('  relative difference to the %-24s %.3g' % (name + ':', float(
-            np.max(np.abs(moving - value) / np.abs(value)))))
+        print(
+            '  relative difference to the %-24s %.3g'
+            % (name + ':', float(np.max(np.abs(moving - value) / np.abs(value))))
+        )
 
 
 if __name__ == '__main__':

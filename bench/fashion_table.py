@@ -102,13 +102,18 @@ def plan(cells, seeds=None) -> list:
     return runs
 
 
-def train_command(folder: str, width: float, labels: int, mode: str, budget: int,
-                  seed: int, dataset: str) -> list:
+def train_command(
+    folder: str, width: float, labels: int, mode: str, budget: int, seed: int, dataset: str
+) -> list:
     sys.path.insert(0, ROOT)
     from demo import run_flags
+
     return run_flags(dataset, width, labels, mode, budget, seed) + [
-        '--steps_per_execution=1', '--ckpt_every_steps=%d' % budget, '--log_every_seconds=120',
-        '--result=' + folder]
+        '--steps_per_execution=1',
+        '--ckpt_every_steps=%d' % budget,
+        '--log_every_seconds=120',
+        '--result=' + folder,
+    ]
 
 
 def child(folder: str, steps: list, argv: list) -> int:
@@ -116,6 +121,7 @@ def child(folder: str, steps: list, argv: list) -> int:
     step in ``steps`` (besides the entry's own evaluation at the end) into evals.jsonl."""
     sys.path.insert(0, ROOT)
     import train_evaluate_asl2 as entry
+
     make_logger = entry.make_logger
     evals_path = os.path.join(folder, 'evals.jsonl')
 
@@ -161,16 +167,29 @@ def train(args, run: tuple) -> dict:
         return published
     shutil.rmtree(folder, ignore_errors=True)  # an unfinished run starts again
     os.makedirs(os.path.dirname(folder), exist_ok=True)
-    env = dict(os.environ, TF_NUM_INTRAOP_THREADS=str(args.threads),
-               TF_NUM_INTEROP_THREADS=str(args.threads))
+    env = dict(
+        os.environ,
+        TF_NUM_INTRAOP_THREADS=str(args.threads),
+        TF_NUM_INTEROP_THREADS=str(args.threads),
+    )
     start = time.time()
     log = folder + '.log'
     with open(log, 'w') as out:
         code = subprocess.call(
-            [sys.executable, os.path.abspath(__file__), '--child', folder,
-             '--eval_steps', ','.join(map(str, eval_steps(budget))), '--']
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                '--child',
+                folder,
+                '--eval_steps',
+                ','.join(map(str, eval_steps(budget))),
+                '--',
+            ]
             + train_command(folder, width, labels, mode, budget, seed, args.dataset),
-            stdout=out, stderr=subprocess.STDOUT, env=env)
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     if code:
         print('run %s failed (exit code %d); see %s' % (run_name(*run), code, log), flush=True)
         return None
@@ -180,18 +199,39 @@ def train(args, run: tuple) -> dict:
         evals = [json.loads(line) for line in f]
     with open(os.path.join(folder, 'metrics.jsonl')) as f:
         rows = [json.loads(line) for line in f]
-    evals.append({'step': final['steps'], 'error_dense': final['error_dense'],
-                  'error_single': final['error_single']})
-    record = {'width': width, 'labels': labels, 'mode': mode, 'budget': budget, 'seed': seed,
-              'error_dense': final['error_dense'], 'error_single': final['error_single'],
-              'evals': evals, 'minutes': (time.time() - start) / 60,
-              'ms_per_step': statistics.median(r['ms_per_step'] for r in rows),
-              'threads': args.threads, 'tf_version': final['tf_version']}
+    evals.append(
+        {
+            'step': final['steps'],
+            'error_dense': final['error_dense'],
+            'error_single': final['error_single'],
+        }
+    )
+    record = {
+        'width': width,
+        'labels': labels,
+        'mode': mode,
+        'budget': budget,
+        'seed': seed,
+        'error_dense': final['error_dense'],
+        'error_single': final['error_single'],
+        'evals': evals,
+        'minutes': (time.time() - start) / 60,
+        'ms_per_step': statistics.median(r['ms_per_step'] for r in rows),
+        'threads': args.threads,
+        'tf_version': final['tf_version'],
+    }
     with open(done, 'w') as f:
         json.dump(record, f, indent=1)
-    print('%s: dense test error %.2f %% (evaluations %s), %.1f min' % (
-        run_name(*run), 100 * final['error_dense'],
-        ' '.join('%.2f' % (100 * e['error_dense']) for e in evals), record['minutes']), flush=True)
+    print(
+        '%s: dense test error %.2f %% (evaluations %s), %.1f min'
+        % (
+            run_name(*run),
+            100 * final['error_dense'],
+            ' '.join('%.2f' % (100 * e['error_dense']) for e in evals),
+            record['minutes'],
+        ),
+        flush=True,
+    )
     return record
 
 
@@ -204,6 +244,7 @@ def spread(record: dict) -> float:
 def summarize(cell: Cell, records: dict) -> dict:
     """The cell's paired statistics over every seed with both runs finished."""
     from scipy import stats
+
     pairs = []
     for key, own in sorted(records.items()):
         width, labels, mode, budget, seed = key
@@ -211,15 +252,21 @@ def summarize(cell: Cell, records: dict) -> dict:
             base = records.get((width, labels, 'supervised', budget, seed))
             if base:
                 pairs.append((seed, base, own))
-    out = {'cell': cell_name(cell), 'width': cell.width, 'labels': cell.labels,
-           'mode': cell.mode, 'budget': cell.budget, 'note': cell.note,
-           'seeds': [p[0] for p in pairs],
-           'supervised': [100 * p[1]['error_dense'] for p in pairs],
-           'self': [100 * p[2]['error_dense'] for p in pairs],
-           'gains': [100 * (p[1]['error_dense'] - p[2]['error_dense']) for p in pairs],
-           'spreads': [[round(spread(p[1]), 2), round(spread(p[2]), 2)] for p in pairs],
-           'minutes_supervised': [p[1]['minutes'] for p in pairs],
-           'minutes_self': [p[2]['minutes'] for p in pairs]}
+    out = {
+        'cell': cell_name(cell),
+        'width': cell.width,
+        'labels': cell.labels,
+        'mode': cell.mode,
+        'budget': cell.budget,
+        'note': cell.note,
+        'seeds': [p[0] for p in pairs],
+        'supervised': [100 * p[1]['error_dense'] for p in pairs],
+        'self': [100 * p[2]['error_dense'] for p in pairs],
+        'gains': [100 * (p[1]['error_dense'] - p[2]['error_dense']) for p in pairs],
+        'spreads': [[round(spread(p[1]), 2), round(spread(p[2]), 2)] for p in pairs],
+        'minutes_supervised': [p[1]['minutes'] for p in pairs],
+        'minutes_self': [p[2]['minutes'] for p in pairs],
+    }
     out['converged'] = bool(pairs) and all(max(s) <= CONVERGED_POINTS for s in out['spreads'])
     n = len(pairs)
     if n >= 2:
@@ -237,48 +284,86 @@ def mean_text(values: list) -> str:
 
 
 def markdown(cells: list) -> str:
-    lines = ['| width | labels | mode | steps | seeds | supervised error % | self-supervised error % '
-             '| gain (sup − self), mean ± SE | 95 % interval (t, df) | converged | minutes per run '
-             '(sup / self) | note |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    lines = [
+        '| width | labels | mode | steps | seeds | supervised error % | self-supervised error % '
+        '| gain (sup − self), mean ± SE | 95 % interval (t, df) | converged | minutes per run '
+        '(sup / self) | note |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ]
     for c in cells:
         if not c['seeds']:
             continue
         if 'gain_mean' in c:
             gain = '%+.2f ± %.2f' % (c['gain_mean'], c['gain_se'])
-            interval = '[%+.2f, %+.2f] (%.2f, %d)' % (c['gain_ci95'][0], c['gain_ci95'][1],
-                                                       c['t_critical'], len(c['seeds']) - 1)
+            interval = '[%+.2f, %+.2f] (%.2f, %d)' % (
+                c['gain_ci95'][0],
+                c['gain_ci95'][1],
+                c['t_critical'],
+                len(c['seeds']) - 1,
+            )
         else:
             gain, interval = '%+.2f (one seed)' % c['gains'][0], '–'
-        converged = 'yes' if c['converged'] else 'no (largest spread %.2f)' % max(
-            max(s) for s in c['spreads'])
-        lines.append('| %g | %d | %s | %d | %s | %s | %s | %s | %s | %s | %s / %s | %s |' % (
-            c['width'], c['labels'], c['mode'], c['budget'], ','.join(map(str, c['seeds'])),
-            mean_text(c['supervised']), mean_text(c['self']), gain, interval, converged,
-            mean_text(c['minutes_supervised']), mean_text(c['minutes_self']), c['note']))
+        converged = (
+            'yes'
+            if c['converged']
+            else 'no (largest spread %.2f)' % max(max(s) for s in c['spreads'])
+        )
+        lines.append(
+            '| %g | %d | %s | %d | %s | %s | %s | %s | %s | %s | %s / %s | %s |'
+            % (
+                c['width'],
+                c['labels'],
+                c['mode'],
+                c['budget'],
+                ','.join(map(str, c['seeds'])),
+                mean_text(c['supervised']),
+                mean_text(c['self']),
+                gain,
+                interval,
+                converged,
+                mean_text(c['minutes_supervised']),
+                mean_text(c['minutes_self']),
+                c['note'],
+            )
+        )
     return '\n'.join(lines) + '\n'
 
 
 def plot(cells: list, path: str) -> None:
     """Each cell's gain per seed (dots) and its mean with the 95 % interval."""
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     cells = [c for c in cells if c['seeds']]
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cells)), 4.5))
     for i, c in enumerate(cells):
         ax.plot([i] * len(c['gains']), c['gains'], 'o', color='tab:gray', alpha=0.6)
         if 'gain_mean' in c:
             low, high = c['gain_ci95']
-            ax.errorbar([i], [c['gain_mean']], yerr=[[c['gain_mean'] - low], [high - c['gain_mean']]],
-                        fmt='s', color='tab:blue' if c['converged'] else 'tab:orange', capsize=5)
+            ax.errorbar(
+                [i],
+                [c['gain_mean']],
+                yerr=[[c['gain_mean'] - low], [high - c['gain_mean']]],
+                fmt='s',
+                color='tab:blue' if c['converged'] else 'tab:orange',
+                capsize=5,
+            )
     ax.axhline(0, color='black', linewidth=0.8)
     ax.set_xticks(range(len(cells)))
-    ax.set_xticklabels(['w%g %d labels\n%s %d steps' % (c['width'], c['labels'], c['mode'],
-                                                         c['budget']) for c in cells], fontsize=8)
+    ax.set_xticklabels(
+        [
+            'w%g %d labels\n%s %d steps' % (c['width'], c['labels'], c['mode'], c['budget'])
+            for c in cells
+        ],
+        fontsize=8,
+    )
     ax.set_ylabel('gain: supervised − self-supervised\ndense test error (points)')
-    ax.set_title('Fashion-MNIST: paired gain per seed (dots), mean and 95 % interval\n'
-                 '(blue: every run converged, orange: not)')
+    ax.set_title(
+        'Fashion-MNIST: paired gain per seed (dots), mean and 95 % interval\n'
+        '(blue: every run converged, orange: not)'
+    )
     ax.grid(axis='y', alpha=0.3)
     fig.tight_layout()
     fig.savefig(path + '.tmp.png', dpi=110)
@@ -302,8 +387,16 @@ def write_report(args) -> str:
             records[(r['width'], r['labels'], r['mode'], r['budget'], r['seed'])] = r
     cells = [summarize(cell, records) for cell in CELLS]
     with open(os.path.join(args.result, 'table.json'), 'w') as f:
-        json.dump({'cells': cells, 'runs': list(records.values()),
-                   'converged_points': CONVERGED_POINTS, 'evaluated_at': CHECKPOINTS}, f, indent=1)
+        json.dump(
+            {
+                'cells': cells,
+                'runs': list(records.values()),
+                'converged_points': CONVERGED_POINTS,
+                'evaluated_at': CHECKPOINTS,
+            },
+            f,
+            indent=1,
+        )
     text = markdown(cells)
     with open(os.path.join(args.result, 'table.md'), 'w') as f:
         f.write(text)
@@ -316,16 +409,22 @@ def write_report(args) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--cells', default='',
-                        help='comma-separated cell names (e.g. w0.125-l250-sesemi-b1500); default all')
+    parser.add_argument(
+        '--cells',
+        default='',
+        help='comma-separated cell names (e.g. w0.125-l250-sesemi-b1500); default all',
+    )
     parser.add_argument('--seeds', default='', help="seeds instead of each cell's, e.g. 5-9")
     parser.add_argument('--workers', type=int, default=2, help='runs at a time (default 2)')
     parser.add_argument('--threads', type=int, default=1, help='cores of each run (default 1)')
     parser.add_argument('--dataset', default=FASHION_DIR)
     parser.add_argument('--result', default=os.path.join(ROOT, 'results', 'table'))
     parser.add_argument('--report', action='store_true', help='only rewrite the report')
-    parser.add_argument('--publish', action='store_true',
-                        help='also copy the report to docs/fashion_table.{json,md,png}')
+    parser.add_argument(
+        '--publish',
+        action='store_true',
+        help='also copy the report to docs/fashion_table.{json,md,png}',
+    )
     parser.add_argument('--child', help=argparse.SUPPRESS)
     parser.add_argument('--eval_steps', help=argparse.SUPPRESS)
     parser.add_argument('train_flags', nargs='*', help=argparse.SUPPRESS)
@@ -337,8 +436,10 @@ def main(argv=None) -> int:
         names = [n for n in args.cells.split(',') if n]
         unknown = set(names) - {cell_name(c) for c in CELLS}
         if unknown:
-            parser.error('unknown cell %s; known: %s' % (', '.join(sorted(unknown)),
-                                                         ', '.join(cell_name(c) for c in CELLS)))
+            parser.error(
+                'unknown cell %s; known: %s'
+                % (', '.join(sorted(unknown)), ', '.join(cell_name(c) for c in CELLS))
+            )
         cells = [c for c in CELLS if not names or cell_name(c) in names]
         runs = plan(cells, parse_seeds(args.seeds) if args.seeds else None)
         with ThreadPoolExecutor(args.workers) as pool:

@@ -96,19 +96,29 @@ def run_name(run: Run) -> str:
 
 def cell_runs(cell: Cell) -> List[Run]:
     """The runs of ``cell``: for each seed the supervised baseline, then each mode."""
-    return [Run(cell.width, cell.labels, mode, cell.steps, seed)
-            for seed in cell.seeds for mode in ('supervised',) + cell.modes]
+    return [
+        Run(cell.width, cell.labels, mode, cell.steps, seed)
+        for seed in cell.seeds
+        for mode in ('supervised',) + cell.modes
+    ]
 
 
 # ------------------------------------------------------------------ statistics
 
-def paired(cell: Cell, mode: str, records: Dict[Run, dict], statistic: str,
-           seeds: Optional[Tuple[int, ...]] = None) -> dict:
+
+def paired(
+    cell: Cell,
+    mode: str,
+    records: Dict[Run, dict],
+    statistic: str,
+    seeds: Optional[Tuple[int, ...]] = None,
+) -> dict:
     """Supervised − ``mode`` dense test error (points) of ``cell``, paired over the
     seeds (default the cell's) with both runs finished, with ``statistic`` 'moving'
     or 'precise': per-seed gains, mean ± SE, the 95 % interval and, when it holds
     zero, the smallest gain detectable with 80 % power."""
     from scipy import stats
+
     key = 'error_dense_' + statistic
     out = {'seeds': [], 'supervised': [], 'self': [], 'gains': []}
     for seed in seeds or cell.seeds:
@@ -190,6 +200,7 @@ def demo_cell(records: Dict[Run, dict]) -> Tuple[str, bool]:
 
 # ------------------------------------------------------------------ running
 
+
 def host_cpu() -> str:
     """The CPU as ``lscpu`` names it (model name, family, model) and its widest vector
     instructions."""
@@ -201,18 +212,38 @@ def host_cpu() -> str:
     name = fields.get('Model name', 'unknown').strip()
     flags = fields.get('Flags', '').split()
     return '%s, family %s model %s (%s)' % (
-        name, fields.get('CPU family', '?').strip(), fields.get('Model', '?').strip(),
-        'AVX-512 BF16' if 'avx512_bf16' in flags else
-                        'AVX-512' if 'avx512f' in flags else 'AVX2 only' if 'avx2' in flags
-                        else 'no AVX2')
+        name,
+        fields.get('CPU family', '?').strip(),
+        fields.get('Model', '?').strip(),
+        'AVX-512 BF16'
+        if 'avx512_bf16' in flags
+        else 'AVX-512'
+        if 'avx512f' in flags
+        else 'AVX2 only'
+        if 'avx2' in flags
+        else 'no AVX2',
+    )
 
 
 def code_commit() -> str:
     """The newest commit that changed anything but this table's records and report: the
     code the runs ran (record commits follow it in the grid's worktree)."""
-    return subprocess.run(['git', '-C', ROOT, 'rev-list', '-1', 'HEAD', '--', '.',
-                           ':(exclude)docs/fashion_table2', ':(exclude)docs/fashion_table2.*'],
-                          stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    return subprocess.run(
+        [
+            'git',
+            '-C',
+            ROOT,
+            'rev-list',
+            '-1',
+            'HEAD',
+            '--',
+            '.',
+            ':(exclude)docs/fashion_table2',
+            ':(exclude)docs/fashion_table2.*',
+        ],
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+    ).stdout.strip()
 
 
 def published_records() -> Dict[Run, dict]:
@@ -244,37 +275,67 @@ def train(args, run: Run) -> Optional[dict]:
     folder = os.path.join(args.result, 'runs', name)
     os.makedirs(folder, exist_ok=True)
     log, minutes_path = os.path.join(folder, 'run.log'), os.path.join(folder, 'minutes.jsonl')
-    env = dict(os.environ, TF_NUM_INTRAOP_THREADS=str(args.threads),
-               TF_NUM_INTEROP_THREADS=str(args.threads), CUDA_VISIBLE_DEVICES='')
+    env = dict(
+        os.environ,
+        TF_NUM_INTRAOP_THREADS=str(args.threads),
+        TF_NUM_INTEROP_THREADS=str(args.threads),
+        CUDA_VISIBLE_DEVICES='',
+    )
     trained = os.path.join(folder, 'trained')
     flags = run_flags(args.dataset, run.width, run.labels, run.mode, run.steps, run.seed) + [
-        '--ckpt_every_steps=%d' % CHECKPOINT_EVERY, '--log_every_seconds=300',
-        '--result=' + trained]
+        '--ckpt_every_steps=%d' % CHECKPOINT_EVERY,
+        '--log_every_seconds=300',
+        '--result=' + trained,
+    ]
     if not os.path.exists(os.path.join(trained, 'result.json')):
-        resume = ['--resume'] if os.path.exists(os.path.join(trained, 'checkpoints',
-                                                             'checkpoint')) else []
+        resume = (
+            ['--resume']
+            if os.path.exists(os.path.join(trained, 'checkpoints', 'checkpoint'))
+            else []
+        )
         if not resume:
             shutil.rmtree(trained, ignore_errors=True)  # stopped before its first checkpoint
-        code, minutes = attempt([sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py')]
-                                + flags + resume, log, env)
+        code, minutes = attempt(
+            [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py')] + flags + resume,
+            log,
+            env,
+        )
         with open(minutes_path, 'a') as f:
-            f.write(json.dumps({'part': 'train', 'minutes': minutes, 'resumed': bool(resume),
-                                'exit_code': code}) + '\n')
+            f.write(
+                json.dumps(
+                    {
+                        'part': 'train',
+                        'minutes': minutes,
+                        'resumed': bool(resume),
+                        'exit_code': code,
+                    }
+                )
+                + '\n'
+            )
         if code:
             print('%s: training failed (exit code %d); see %s' % (name, code, log), flush=True)
             return None
     precise = os.path.join(folder, 'precise.json')
     if not os.path.exists(precise):
-        code, minutes = attempt([sys.executable, os.path.join(ROOT, 'evaluate.py'),
-                                 '--model=' + os.path.join(trained, 'model.h5'),
-                                 '--dataset=' + args.dataset,
-                                 '--precise_bn=%d' % PRECISE_BATCHES, '--output=' + precise],
-                                log, env)
+        code, minutes = attempt(
+            [
+                sys.executable,
+                os.path.join(ROOT, 'evaluate.py'),
+                '--model=' + os.path.join(trained, 'model.h5'),
+                '--dataset=' + args.dataset,
+                '--precise_bn=%d' % PRECISE_BATCHES,
+                '--output=' + precise,
+            ],
+            log,
+            env,
+        )
         with open(minutes_path, 'a') as f:
             f.write(json.dumps({'part': 'precise', 'minutes': minutes, 'exit_code': code}) + '\n')
         if code:
-            print('%s: precise evaluation failed (exit code %d); see %s' % (name, code, log),
-                  flush=True)
+            print(
+                '%s: precise evaluation failed (exit code %d); see %s' % (name, code, log),
+                flush=True,
+            )
             return None
     with open(os.path.join(trained, 'result.json')) as f:
         final = json.load(f)
@@ -284,33 +345,59 @@ def train(args, run: Run) -> Optional[dict]:
         rows = [json.loads(line) for line in f]
     with open(minutes_path) as f:
         parts = [json.loads(line) for line in f]
-    record = dict(run._asdict(), round=2, commit=args.commit, cpu=args.cpu,
-                  flags=flags[:-1], threads=args.threads, tf_version=final['tf_version'],
-                  error_dense_moving=final['error_dense'],
-                  error_single_moving=final['error_single'],
-                  error_dense_precise=post_hoc['error_dense_precise'],
-                  error_single_precise=post_hoc['error_single_precise'],
-                  precise_bn=PRECISE_BATCHES, steps_done=final['steps'],
-                  minutes=sum(p['minutes'] for p in parts),
-                  minutes_precise=sum(p['minutes'] for p in parts if p['part'] == 'precise'),
-                  resumed=any(p.get('resumed') for p in parts),
-                  ms_per_step=statistics.median(r['ms_per_step'] for r in rows))
+    record = dict(
+        run._asdict(),
+        round=2,
+        commit=args.commit,
+        cpu=args.cpu,
+        flags=flags[:-1],
+        threads=args.threads,
+        tf_version=final['tf_version'],
+        error_dense_moving=final['error_dense'],
+        error_single_moving=final['error_single'],
+        error_dense_precise=post_hoc['error_dense_precise'],
+        error_single_precise=post_hoc['error_single_precise'],
+        precise_bn=PRECISE_BATCHES,
+        steps_done=final['steps'],
+        minutes=sum(p['minutes'] for p in parts),
+        minutes_precise=sum(p['minutes'] for p in parts if p['part'] == 'precise'),
+        resumed=any(p.get('resumed') for p in parts),
+        ms_per_step=statistics.median(r['ms_per_step'] for r in rows),
+    )
     os.makedirs(os.path.dirname(record_path), exist_ok=True)
     with open(record_path + '.tmp', 'w') as f:
         json.dump(record, f, indent=1, sort_keys=True)
     os.replace(record_path + '.tmp', record_path)
-    print('%s: dense test error %.2f %% moving, %.2f %% precise, %.1f min' % (
-        name, 100 * record['error_dense_moving'], 100 * record['error_dense_precise'],
-        record['minutes']), flush=True)
+    print(
+        '%s: dense test error %.2f %% moving, %.2f %% precise, %.1f min'
+        % (
+            name,
+            100 * record['error_dense_moving'],
+            100 * record['error_dense_precise'],
+            record['minutes'],
+        ),
+        flush=True,
+    )
     if args.commit_records:
         with COMMIT_LOCK:
             subprocess.run(['git', '-C', ROOT, 'add', record_path], check=True)
-            subprocess.run(['git', '-C', ROOT, 'commit', '-q', '-m',
-                            'Fashion-MNIST table, round 2: run %s' % name], check=True)
+            subprocess.run(
+                [
+                    'git',
+                    '-C',
+                    ROOT,
+                    'commit',
+                    '-q',
+                    '-m',
+                    'Fashion-MNIST table, round 2: run %s' % name,
+                ],
+                check=True,
+            )
     return record
 
 
 # ------------------------------------------------------------------ report
+
 
 def summarize(records: Dict[Run, dict]) -> List[dict]:
     """Per cell and mode, the paired gain with both statistics."""
@@ -318,9 +405,15 @@ def summarize(records: Dict[Run, dict]) -> List[dict]:
     for cell in CELLS:
         base = cell_by_name(CONFIRMS.get(cell.name, cell.name))
         for mode in cell.modes:
-            row = {'cell': cell.name, 'width': cell.width, 'labels': cell.labels,
-                   'steps': cell.steps, 'mode': mode, 'role': cell.role,
-                   'primary': (cell.name, mode) == PRIMARY}
+            row = {
+                'cell': cell.name,
+                'width': cell.width,
+                'labels': cell.labels,
+                'steps': cell.steps,
+                'mode': mode,
+                'role': cell.role,
+                'primary': (cell.name, mode) == PRIMARY,
+            }
             for statistic in ('moving', 'precise'):
                 row[statistic] = paired(cell, mode, records, statistic)
             if cell.name in CONFIRMS:  # the pooled comparison of the confirmed cell
@@ -332,36 +425,77 @@ def summarize(records: Dict[Run, dict]) -> List[dict]:
 
 def gain_text(c: dict) -> str:
     if 'mean' in c:
-        return '%+.2f ± %.2f [%+.2f, %+.2f]' % (c['mean'], c['se'], c['interval'][0],
-                                                c['interval'][1])
+        return '%+.2f ± %.2f [%+.2f, %+.2f]' % (
+            c['mean'],
+            c['se'],
+            c['interval'][0],
+            c['interval'][1],
+        )
     return '%+.2f (one seed)' % c['gains'][0] if c['gains'] else '–'
 
 
 def markdown(rows: List[dict], records: Dict[Run, dict]) -> str:
     mean = lambda values: '%.2f' % statistics.mean(values) if values else '–'  # noqa: E731
-    lines = ['| cell | width | labels | steps | mode | seeds | supervised % (moving / precise) '
-             '| self % (moving / precise) | gain, moving: mean ± SE [95 %] | verdict (moving) '
-             '| gain, precise: mean ± SE [95 %] | verdict (precise) |',
-             '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    lines = [
+        '| cell | width | labels | steps | mode | seeds | supervised % (moving / precise) '
+        '| self % (moving / precise) | gain, moving: mean ± SE [95 %] | verdict (moving) '
+        '| gain, precise: mean ± SE [95 %] | verdict (precise) |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
+    ]
     for r in rows:
         m, p = r['moving'], r['precise']
-        lines.append('| %s%s | %g | %d | %d | %s | %s | %s / %s | %s / %s | %s | %s | %s | %s |' % (
-            r['cell'], ' (primary)' if r['primary'] else '', r['width'], r['labels'], r['steps'],
-            r['mode'], ','.join(map(str, m['seeds'])), mean(m['supervised']),
-            mean(p['supervised']), mean(m['self']), mean(p['self']), gain_text(m), verdict(m),
-            gain_text(p), verdict(p)))
+        lines.append(
+            '| %s%s | %g | %d | %d | %s | %s | %s / %s | %s / %s | %s | %s | %s | %s |'
+            % (
+                r['cell'],
+                ' (primary)' if r['primary'] else '',
+                r['width'],
+                r['labels'],
+                r['steps'],
+                r['mode'],
+                ','.join(map(str, m['seeds'])),
+                mean(m['supervised']),
+                mean(p['supervised']),
+                mean(m['self']),
+                mean(p['self']),
+                gain_text(m),
+                verdict(m),
+                gain_text(p),
+                verdict(p),
+            )
+        )
         if 'pooled' in r:
-            lines.append('| %s pooled | | | | %s | %s | | | %s | %s | | |' % (
-                CONFIRMS[r['cell']], r['mode'], ','.join(map(str, r['pooled']['seeds'])),
-                gain_text(r['pooled']), verdict(r['pooled'])))
-    lines += ['', '| run | dense % moving | dense % precise | single % moving | single % precise '
-              '| minutes | CPU | commit |', '|---|---|---|---|---|---|---|---|']
+            lines.append(
+                '| %s pooled | | | | %s | %s | | | %s | %s | | |'
+                % (
+                    CONFIRMS[r['cell']],
+                    r['mode'],
+                    ','.join(map(str, r['pooled']['seeds'])),
+                    gain_text(r['pooled']),
+                    verdict(r['pooled']),
+                )
+            )
+    lines += [
+        '',
+        '| run | dense % moving | dense % precise | single % moving | single % precise '
+        '| minutes | CPU | commit |',
+        '|---|---|---|---|---|---|---|---|',
+    ]
     for run in sorted(records):
         r = records[run]
-        lines.append('| %s | %.2f | %.2f | %.2f | %.2f | %.1f | %s | %s |' % (
-            run_name(run), 100 * r['error_dense_moving'], 100 * r['error_dense_precise'],
-            100 * r['error_single_moving'], 100 * r['error_single_precise'], r['minutes'],
-            r['cpu'], r['commit'][:10]))
+        lines.append(
+            '| %s | %.2f | %.2f | %.2f | %.2f | %.1f | %s | %s |'
+            % (
+                run_name(run),
+                100 * r['error_dense_moving'],
+                100 * r['error_dense_precise'],
+                100 * r['error_single_moving'],
+                100 * r['error_single_precise'],
+                r['minutes'],
+                r['cpu'],
+                r['commit'][:10],
+            )
+        )
     return '\n'.join(lines) + '\n'
 
 
@@ -369,24 +503,46 @@ def plot(rows: List[dict], path: str) -> None:
     """Each comparison's gain per seed (dots) and mean with the 95 % interval, for both
     statistics side by side."""
     import matplotlib
+
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
     for i, r in enumerate(rows):
-        for offset, statistic, color in ((-0.15, 'moving', 'tab:blue'),
-                                         (0.15, 'precise', 'tab:orange')):
+        for offset, statistic, color in (
+            (-0.15, 'moving', 'tab:blue'),
+            (0.15, 'precise', 'tab:orange'),
+        ):
             c = r[statistic]
             ax.plot([i + offset] * len(c['gains']), c['gains'], 'o', color=color, alpha=0.4)
             if 'mean' in c:
                 low, high = c['interval']
-                ax.errorbar([i + offset], [c['mean']], yerr=[[c['mean'] - low], [high - c['mean']]],
-                            fmt='s', color=color, capsize=4,
-                            label=statistic + ' statistics' if i == 0 else None)
+                ax.errorbar(
+                    [i + offset],
+                    [c['mean']],
+                    yerr=[[c['mean'] - low], [high - c['mean']]],
+                    fmt='s',
+                    color=color,
+                    capsize=4,
+                    label=statistic + ' statistics' if i == 0 else None,
+                )
     ax.axhline(0, color='black', linewidth=0.8)
     ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(['%s%s\nw%g %d labels\n%s %d steps' % (
-        r['cell'], ' (primary)' if r['primary'] else '', r['width'], r['labels'], r['mode'],
-        r['steps']) for r in rows], fontsize=7)
+    ax.set_xticklabels(
+        [
+            '%s%s\nw%g %d labels\n%s %d steps'
+            % (
+                r['cell'],
+                ' (primary)' if r['primary'] else '',
+                r['width'],
+                r['labels'],
+                r['mode'],
+                r['steps'],
+            )
+            for r in rows
+        ],
+        fontsize=7,
+    )
     ax.set_ylabel('gain: supervised − self-supervised\ndense test error (points)')
     ax.set_title('Fashion-MNIST, round 2: paired gain per seed, mean and 95 % interval')
     ax.grid(axis='y', alpha=0.3)
@@ -403,11 +559,17 @@ def report() -> str:
         rows = summarize(records)
         cell, gain = demo_cell(records)
         primary = next((r for r in rows if r['primary']), None)
-        summary = {'rows': rows, 'primary': PRIMARY,
-                   'primary_verdict': verdict(primary['moving']) if primary else 'not run',
-                   'demo': {'cell': cell, 'gain_shown': gain,
-                            'decided': qualifies('A', records) is not None},
-                   'runs': [records[run] for run in sorted(records)]}
+        summary = {
+            'rows': rows,
+            'primary': PRIMARY,
+            'primary_verdict': verdict(primary['moving']) if primary else 'not run',
+            'demo': {
+                'cell': cell,
+                'gain_shown': gain,
+                'decided': qualifies('A', records) is not None,
+            },
+            'runs': [records[run] for run in sorted(records)],
+        }
         with open(PUBLISHED + '.json.tmp', 'w') as f:
             json.dump(summary, f, indent=1)
         os.replace(PUBLISHED + '.json.tmp', PUBLISHED + '.json')
@@ -424,10 +586,17 @@ def main(argv=None) -> int:
     parser.add_argument('--workers', type=int, default=2, help='runs at a time (default 2)')
     parser.add_argument('--threads', type=int, default=1, help='cores of each run (default 1)')
     parser.add_argument('--dataset', default=FASHION_DIR, help='Fashion-MNIST folder')
-    parser.add_argument('--result', default=os.path.join(ROOT, 'results', 'table2'),
-                        help='where the runs train (default results/table2)')
-    parser.add_argument('--commit', dest='commit_records', action='store_true',
-                        help='commit each finished run\'s record')
+    parser.add_argument(
+        '--result',
+        default=os.path.join(ROOT, 'results', 'table2'),
+        help='where the runs train (default results/table2)',
+    )
+    parser.add_argument(
+        '--commit',
+        dest='commit_records',
+        action='store_true',
+        help="commit each finished run's record",
+    )
     parser.add_argument('--report', action='store_true', help='only rewrite the report')
     args = parser.parse_args(argv)
     args.commit, args.cpu = code_commit(), host_cpu()

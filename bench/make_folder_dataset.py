@@ -50,8 +50,14 @@ def render(image: np.ndarray, colour: bool, rng: np.random.RandomState) -> Image
     return Image.fromarray(np.round(255.0 * rgb).astype(np.uint8))
 
 
-def write(images: np.ndarray, labels: np.ndarray, per_class: int, folder: str, colour: bool,
-          rng: np.random.RandomState) -> np.ndarray:
+def write(
+    images: np.ndarray,
+    labels: np.ndarray,
+    per_class: int,
+    folder: str,
+    colour: bool,
+    rng: np.random.RandomState,
+) -> np.ndarray:
     """Writes the first ``per_class`` images of each class to folder/<class>/; returns their indices."""
     chosen = []
     for label in range(len(fashion_mnist.CLASS_NAMES)):
@@ -67,8 +73,11 @@ def write(images: np.ndarray, labels: np.ndarray, per_class: int, folder: str, c
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--output', required=True, help='folder to create')
-    parser.add_argument('--source', default=dataset.get('fashion_mnist').default_dir,
-                        help='Fashion-MNIST folder (default: the Debian package\'s)')
+    parser.add_argument(
+        '--source',
+        default=dataset.get('fashion_mnist').default_dir,
+        help="Fashion-MNIST folder (default: the Debian package's)",
+    )
     parser.add_argument('--labeled_per_class', type=int, default=100)
     parser.add_argument('--test_per_class', type=int, default=100)
     parser.add_argument('--unlabeled', type=int, default=10000)
@@ -85,18 +94,20 @@ def main(argv=None) -> int:
         return 2
     x, xt = np.round(x * 255).astype(np.uint8), np.round(xt * 255).astype(np.uint8)
     rng = np.random.RandomState(args.seed)
-    labeled = write(x, y, args.labeled_per_class, os.path.join(args.output, 'labeled'),
-                    args.colour, rng)
+    labeled = write(
+        x, y, args.labeled_per_class, os.path.join(args.output, 'labeled'), args.colour, rng
+    )
     write(xt, yt, args.test_per_class, os.path.join(args.output, 'test'), args.colour, rng)
     rest = np.setdiff1d(np.arange(len(x)), labeled)
     for k in range(args.unlabeled):
         folder = os.path.join(args.output, 'unlabeled', '%04d' % (k // PER_FOLDER))
         if k % PER_FOLDER == 0:
             os.makedirs(folder)
-        render(x[rest[k % len(rest)]], args.colour, rng).save(
-            os.path.join(folder, '%06d.png' % k))
-    print('Wrote %d labeled, %d test and %d unlabeled images to %s'
-          % (len(labeled), args.test_per_class * 10, args.unlabeled, args.output))
+        render(x[rest[k % len(rest)]], args.colour, rng).save(os.path.join(folder, '%06d.png' % k))
+    print(
+        'Wrote %d labeled, %d test and %d unlabeled images to %s'
+        % (len(labeled), args.test_per_class * 10, args.unlabeled, args.output)
+    )
     return 0
 
 

@@ -25,12 +25,18 @@ from compat import TF1, keras, tf  # noqa: E402
 def reference_steps(x, y, batch_size):
     """The reference's loader: shuffled batch-size-1 flows, one Python call per image."""
     shifts = [-2, -1, 0, 1, 2]
-    common = dict(width_shift_range=shifts, height_shift_range=shifts, fill_mode='reflect',
-                  preprocessing_function=utils.gaussian_noise)
+    common = dict(
+        width_shift_range=shifts,
+        height_shift_range=shifts,
+        fill_mode='reflect',
+        preprocessing_function=utils.gaussian_noise,
+    )
     labeled = keras.preprocessing.image.ImageDataGenerator(horizontal_flip=True, **common).flow(
-        x, y, batch_size=1, shuffle=True)
+        x, y, batch_size=1, shuffle=True
+    )
     pool = keras.preprocessing.image.ImageDataGenerator(horizontal_flip=False, **common).flow(
-        x, batch_size=1, shuffle=True)
+        x, batch_size=1, shuffle=True
+    )
     while True:
         xs, ys = zip(*[next(labeled) for _ in range(batch_size * 6)])
         views, proxy = zip(*[utils.geometric_transform(next(pool)[0]) for _ in range(batch_size)])
@@ -38,7 +44,9 @@ def reference_steps(x, y, batch_size):
 
 
 def ours(x, y, batch_size, seed=0):
-    sampler = utils.BatchSampler(np.arange(len(x)), np.arange(len(x)), batch_size * 6, batch_size, seed)
+    sampler = utils.BatchSampler(
+        np.arange(len(x)), np.arange(len(x)), batch_size * 6, batch_size, seed
+    )
     dataset = utils.make_dataset(x, y, sampler, seed, hflip=True)
     if TF1:
         nxt = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
@@ -61,7 +69,9 @@ def images_per_second(steps_iter, steps, images_per_step, warmup=20):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--steps', type=int, default=300, help='timed steps of our pipeline')
-    parser.add_argument('--reference_steps', type=int, default=30, help='timed steps of the reference')
+    parser.add_argument(
+        '--reference_steps', type=int, default=30, help='timed steps of the reference'
+    )
     parser.add_argument('--batch_size', type=int, default=16, help='pool images per step')
     parser.add_argument('--images', type=int, default=5000, help='size of the synthetic image set')
     args = parser.parse_args()
@@ -71,12 +81,20 @@ def main():
     y = np.eye(10, dtype=np.float32)[rng.randint(0, 10, args.images)]
     per_step = args.batch_size * 6 * 2
     malloc = 'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc malloc'
-    print('TensorFlow %s, %d CPU cores, %s, %d images per step'
-          % (tf.__version__, os.cpu_count(), malloc, per_step))
-    ref = images_per_second(reference_steps(x, y, args.batch_size), args.reference_steps, per_step, 3)
-    print('reference per-image pipeline: %.0f images/s (%.1f ms/step)' % (ref, 1000 * per_step / ref))
+    print(
+        'TensorFlow %s, %d CPU cores, %s, %d images per step'
+        % (tf.__version__, os.cpu_count(), malloc, per_step)
+    )
+    ref = images_per_second(
+        reference_steps(x, y, args.batch_size), args.reference_steps, per_step, 3
+    )
+    print(
+        'reference per-image pipeline: %.0f images/s (%.1f ms/step)' % (ref, 1000 * per_step / ref)
+    )
     our = images_per_second(ours(x, y, args.batch_size), args.steps, per_step)
-    print('tf.data pipeline:             %.0f images/s (%.1f ms/step)' % (our, 1000 * per_step / our))
+    print(
+        'tf.data pipeline:             %.0f images/s (%.1f ms/step)' % (our, 1000 * per_step / our)
+    )
     print('speedup: %.1fx' % (our / ref))
 
 

@@ -25,12 +25,26 @@ def train(args, seed: int, name: str, mode: str) -> dict:
     """One run (or the result it left before); returns result.json plus its ms/step."""
     result = os.path.join(args.result, '%s_seed%d' % (name, seed))
     if not os.path.exists(os.path.join(result, 'result.json')):
-        subprocess.run([sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py'),
-                        '--data=fashion_mnist', '--dataset=' + args.dataset, '--network=convnet',
-                        '--width=%g' % args.width, '--labels=%d' % args.labels, '--mode=asl',
-                        '--epochs=1000', '--max_steps=%d' % args.steps, '--seed=%d' % seed,
-                        '--precision_mode=' + mode, '--result=' + result],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(ROOT, 'train_evaluate_asl2.py'),
+                '--data=fashion_mnist',
+                '--dataset=' + args.dataset,
+                '--network=convnet',
+                '--width=%g' % args.width,
+                '--labels=%d' % args.labels,
+                '--mode=asl',
+                '--epochs=1000',
+                '--max_steps=%d' % args.steps,
+                '--seed=%d' % seed,
+                '--precision_mode=' + mode,
+                '--result=' + result,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     with open(os.path.join(result, 'result.json')) as f:
         final = json.load(f)
     with open(os.path.join(result, 'metrics.jsonl')) as f:
@@ -49,22 +63,35 @@ def main():
     parser.add_argument('--result', default=os.path.join('results', 'precision_accuracy'))
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(',')]
-    print('Fashion-MNIST, ConvNet width %g, %d labels, asl, %d steps; dense test error %%'
-          % (args.width, args.labels, args.steps))
+    print(
+        'Fashion-MNIST, ConvNet width %g, %d labels, asl, %d steps; dense test error %%'
+        % (args.width, args.labels, args.steps)
+    )
     print('seed  float32  mixed_bfloat16  difference  ms/step float32  ms/step bfloat16')
     diffs = []
     for seed in seeds:
         runs = {name: train(args, seed, name, mode) for name, mode in PRECISIONS}
         a, b = runs['float32'], runs['mixed_bfloat16']
         diffs.append(100 * (b['error_dense'] - a['error_dense']))
-        print('%4d  %7.2f  %14.2f  %+10.2f  %15.0f  %16.0f' % (
-            seed, 100 * a['error_dense'], 100 * b['error_dense'], diffs[-1], a['ms_per_step'],
-            b['ms_per_step']), flush=True)
+        print(
+            '%4d  %7.2f  %14.2f  %+10.2f  %15.0f  %16.0f'
+            % (
+                seed,
+                100 * a['error_dense'],
+                100 * b['error_dense'],
+                diffs[-1],
+                a['ms_per_step'],
+                b['ms_per_step'],
+            ),
+            flush=True,
+        )
     if len(diffs) > 1:
         mean = statistics.mean(diffs)
         se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-        print('paired difference (bfloat16 - float32): %+.2f ± %.2f points (mean ± standard '
-              'error, %d seeds)' % (mean, se, len(diffs)))
+        print(
+            'paired difference (bfloat16 - float32): %+.2f ± %.2f points (mean ± standard '
+            'error, %d seeds)' % (mean, se, len(diffs))
+        )
 
 
 if __name__ == '__main__':

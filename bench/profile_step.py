@@ -87,8 +87,13 @@ def peak_conv_gflops(dtype, repeats: int = 5) -> float:
 
 
 def build(args):
-    cfg = {'device': 'cpu', 'precision_mode': 'allow_mix_precision' if args.precision == 'mixed'
-           else '', 'over_dump': False, 'dry_run': False, 'deterministic': False}
+    cfg = {
+        'device': 'cpu',
+        'precision_mode': 'allow_mix_precision' if args.precision == 'mixed' else '',
+        'over_dump': False,
+        'dry_run': False,
+        'deterministic': False,
+    }
     precision = device.configure(cfg)['precision']
     trunk = networks.get(args.network)(SHAPE, 0.0, args.width)
     model, _ = utils.build_models(trunk, SHAPE, CLASSES, True, 0.2)
@@ -102,10 +107,14 @@ def build(args):
 def batch():
     rng = np.random.RandomState(0)
     n = BATCH * 6
-    inputs = {'self_data': rng.randn(n, *SHAPE).astype(np.float32),
-              'super_data': rng.randn(n, *SHAPE).astype(np.float32)}
-    targets = {'self_clf': np.eye(6, dtype=np.float32)[rng.randint(0, 6, n)],
-               'super_clf': np.eye(CLASSES, dtype=np.float32)[rng.randint(0, CLASSES, n)]}
+    inputs = {
+        'self_data': rng.randn(n, *SHAPE).astype(np.float32),
+        'super_data': rng.randn(n, *SHAPE).astype(np.float32),
+    }
+    targets = {
+        'self_clf': np.eye(6, dtype=np.float32)[rng.randint(0, 6, n)],
+        'super_clf': np.eye(CLASSES, dtype=np.float32)[rng.randint(0, CLASSES, n)],
+    }
     return inputs, targets
 
 
@@ -144,12 +153,14 @@ def op_times(model, folder: str):
         return times
     import glob
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
     tf.profiler.experimental.start(folder)
     model.train_on_batch(inputs, targets)
     tf.profiler.experimental.stop()
     space = xplane_pb2.XSpace()
-    with open(sorted(glob.glob(os.path.join(folder, '**', '*.xplane.pb'), recursive=True))[-1],
-              'rb') as f:
+    with open(
+        sorted(glob.glob(os.path.join(folder, '**', '*.xplane.pb'), recursive=True))[-1], 'rb'
+    ) as f:
         space.ParseFromString(f.read())
     for plane in space.planes:
         for line in plane.lines:
@@ -173,19 +184,26 @@ def main():
     model, precision = build(args)
     step = time_steps(model, args.steps)
     flops = conv_flops(model, BATCH * 6)
-    print('%s width %g, %s, XLA %s, TensorFlow %s' % (args.network, args.width, precision,
-                                                       args.xla, tf.__version__))
-    print('step %.1f ms; conv+dense %.1f GFLOP per step -> %.0f GFLOP/s'
-          % (1000 * step, flops / 1e9, flops / step / 1e9))
+    print(
+        '%s width %g, %s, XLA %s, TensorFlow %s'
+        % (args.network, args.width, precision, args.xla, tf.__version__)
+    )
+    print(
+        'step %.1f ms; conv+dense %.1f GFLOP per step -> %.0f GFLOP/s'
+        % (1000 * step, flops / 1e9, flops / step / 1e9)
+    )
     import tempfile
+
     by_type = op_times(model, tempfile.mkdtemp(prefix='sesemi_profile_'))
     total = sum(by_type.values())
     print('op time summed over threads: %.1f ms' % total)
     for kind, ms in by_type.most_common(args.top):
         print('  %-40s %8.1f ms  %5.1f %%' % (kind[:40], ms, 100 * ms / total))
-    for dtype in (['float32', 'bfloat16'] if not TF1 else ['float32']):
-        print('peak: 3x3 conv 128->128 on 96x32x32 in %s: %.0f GFLOP/s'
-              % (dtype, peak_conv_gflops(tf.as_dtype(dtype))))
+    for dtype in ['float32', 'bfloat16'] if not TF1 else ['float32']:
+        print(
+            'peak: 3x3 conv 128->128 on 96x32x32 in %s: %.0f GFLOP/s'
+            % (dtype, peak_conv_gflops(tf.as_dtype(dtype)))
+        )
 
 
 if __name__ == '__main__':

@@ -34,8 +34,7 @@ CASES = (
     ('1 device', 'none', {}),
     ('mirrored, 2 CPU devices', 'mirrored', {}),
     ('multi_worker, 2 processes', 'multi_worker', {}),
-    ('multi_worker, 2 processes, 1 thread each', 'multi_worker',
-     {'TF_NUM_INTRAOP_THREADS': '1'}),
+    ('multi_worker, 2 processes, 1 thread each', 'multi_worker', {'TF_NUM_INTRAOP_THREADS': '1'}),
 )
 
 
@@ -44,14 +43,14 @@ def write_subset(source: str, target: str, n_test: int) -> str:
     ``n_test`` test images."""
     sys.path.insert(0, HERE)
     from dataset.fashion_mnist import FILES, IMAGE_MAGIC, LABEL_MAGIC, _read_bytes, parse_idx
+
     os.makedirs(target)
     for name in FILES:
         magic = IMAGE_MAGIC if 'images' in name else LABEL_MAGIC
         array = parse_idx(_read_bytes(os.path.join(source, name)), magic)
         if name.startswith('t10k'):
             array = array[:n_test]
-        header = (magic.to_bytes(4, 'big')
-                  + b''.join(d.to_bytes(4, 'big') for d in array.shape))
+        header = magic.to_bytes(4, 'big') + b''.join(d.to_bytes(4, 'big') for d in array.shape)
         with gzip.open(os.path.join(target, name), 'wb') as f:
             f.write(header + array.tobytes())
     return target
@@ -61,20 +60,38 @@ def run_case(kind: str, env_extra: dict, args, work: str) -> float:
     """Trains one case; returns its mean ms/step after the first epoch."""
     result = os.path.join(work, 'run')
     shutil.rmtree(result, ignore_errors=True)
-    flags = ['--data=fashion_mnist', '--dataset=' + os.path.join(work, 'fashion'), '--mode=asl', '--labels=160',
-             '--batch_size=16', '--epochs=%d' % args.epochs, '--width=%g' % args.width,
-             '--network=convnet', '--result=' + result, '--device=cpu']
+    flags = [
+        '--data=fashion_mnist',
+        '--dataset=' + os.path.join(work, 'fashion'),
+        '--mode=asl',
+        '--labels=160',
+        '--batch_size=16',
+        '--epochs=%d' % args.epochs,
+        '--width=%g' % args.width,
+        '--network=convnet',
+        '--result=' + result,
+        '--device=cpu',
+    ]
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='', **env_extra)
     if kind == 'multi_worker':
         command = ['bash', os.path.join(HERE, 'test', 'train_multi_worker.sh'), '--workers=2']
         env['OUTPUT_ROOT'] = os.path.join(work, 'logs')
     else:
-        command = [sys.executable, os.path.join(HERE, 'train_evaluate_asl2.py'),
-                   '--distribute=' + kind]
+        command = [
+            sys.executable,
+            os.path.join(HERE, 'train_evaluate_asl2.py'),
+            '--distribute=' + kind,
+        ]
         if kind == 'mirrored':
             command.append('--cpu_replicas=2')
-    proc = subprocess.run(command + flags, cwd=HERE, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, universal_newlines=True)
+    proc = subprocess.run(
+        command + flags,
+        cwd=HERE,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+    )
     if proc.returncode:
         sys.exit('case %s failed:\n%s' % (kind, proc.stdout[-3000:]))
     with open(os.path.join(result, 'metrics.jsonl')) as f:
@@ -96,17 +113,26 @@ def main() -> None:
         for round_ in range(args.rounds):
             for name, kind, env_extra in CASES:
                 times[name].append(run_case(kind, env_extra, args, work))
-                print('round %d  %-42s %8.0f ms/step' % (round_ + 1, name, times[name][-1]),
-                      flush=True)
+                print(
+                    'round %d  %-42s %8.0f ms/step' % (round_ + 1, name, times[name][-1]),
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = statistics.mean(times[CASES[0][0]])
     print('\n| case | ms/step (each round) | images/s | vs 1 device |\n|---|---|---|---|')
     for name, _, _ in CASES:
         ms = statistics.mean(times[name])
-        print('| %s | %.0f (%s) | %.1f | %.2f |' % (
-            name, ms, ', '.join('%.0f' % t for t in times[name]), IMAGES_PER_STEP * 1000.0 / ms,
-            base / ms))
+        print(
+            '| %s | %.0f (%s) | %.1f | %.2f |'
+            % (
+                name,
+                ms,
+                ', '.join('%.0f' % t for t in times[name]),
+                IMAGES_PER_STEP * 1000.0 / ms,
+                base / ms,
+            )
+        )
 
 
 if __name__ == '__main__':

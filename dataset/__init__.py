@@ -19,8 +19,7 @@ import os
 import pickle
 import struct
 import zlib
-from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, TypeVar,
-                    Union)
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
@@ -34,21 +33,32 @@ ASL_EPOCHS = 300  # epochs of the labeled-only mode (the reference ModelZoo defa
 
 # What reading a damaged or foreign file raises in pickle, gzip, zlib, struct,
 # numpy and scipy.io; gzip.BadGzipFile (Python 3.8+) is an OSError.
-_FORMAT_ERRORS = (pickle.UnpicklingError, EOFError, KeyError, IndexError, ValueError,
-                  TypeError, AttributeError, OverflowError, NotImplementedError,
-                  ImportError, zlib.error, struct.error)
+_FORMAT_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    KeyError,
+    IndexError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    OverflowError,
+    NotImplementedError,
+    ImportError,
+    zlib.error,
+    struct.error,
+)
 
 
 # ------------------------------------------------------------- shared helpers
 
+
 def _one_line(text: str, limit: int = 200) -> str:
     """Collapses whitespace (newlines included) and shortens ``text``."""
     text = ' '.join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + '...'
+    return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
-def find_files(folder: str, title: str,
-               names: Sequence[Union[str, Tuple[str, ...]]]) -> List[str]:
+def find_files(folder: str, title: str, names: Sequence[Union[str, Tuple[str, ...]]]) -> List[str]:
     """Checks that ``folder`` holds every required file, before any is read.
 
     Args:
@@ -66,16 +76,20 @@ def find_files(folder: str, title: str,
     choices = [(n,) if isinstance(n, str) else tuple(n) for n in names]
     listing = ', '.join("'%s'" % c[0] for c in choices)
     if not os.path.isdir(folder):
-        raise UsageError("%s folder '%s' does not exist (or is not a folder); download %s and "
-                         "pass the folder holding %s with --dataset=FOLDER, %s"
-                         % (title, folder, title, listing, HELP))
+        raise UsageError(
+            "%s folder '%s' does not exist (or is not a folder); download %s and "
+            'pass the folder holding %s with --dataset=FOLDER, %s'
+            % (title, folder, title, listing, HELP)
+        )
     paths = []
     for choice in choices:
         found = [os.path.join(folder, n) for n in choice if os.path.isfile(os.path.join(folder, n))]
         if not found:
             alternatives = ''.join(" (or '%s')" % n for n in choice[1:])
-            raise UsageError("%s folder '%s' has no file '%s'%s; it must hold %s, %s"
-                             % (title, folder, choice[0], alternatives, listing, HELP))
+            raise UsageError(
+                "%s folder '%s' has no file '%s'%s; it must hold %s, %s"
+                % (title, folder, choice[0], alternatives, listing, HELP)
+            )
         paths.append(found[0])
     return paths
 
@@ -103,14 +117,21 @@ def read_file(path: str, reader: Callable[[str], T], title: str) -> T:
         return reader(path)
     except OSError as exc:
         if exc.errno is not None:  # permissions and the like; gzip's format errors have none
-            raise UsageError("%s file '%s' cannot be read (%s); check that it is a readable "
-                             "file, %s" % (title, path, _one_line(exc.strerror or str(exc)), HELP))
+            raise UsageError(
+                "%s file '%s' cannot be read (%s); check that it is a readable "
+                'file, %s' % (title, path, _one_line(exc.strerror or str(exc)), HELP)
+            )
         reason = _one_line('%s: %s' % (type(exc).__name__, exc))
     except _FORMAT_ERRORS as exc:
-        reason = _one_line(str(exc) if isinstance(exc, ValueError) and str(exc)
-                           else '%s: %s' % (type(exc).__name__, exc))
-    raise UsageError("%s file '%s' is truncated or not in the expected format (%s); "
-                     "replace it with the official file, %s" % (title, path, reason, HELP))
+        reason = _one_line(
+            str(exc)
+            if isinstance(exc, ValueError) and str(exc)
+            else '%s: %s' % (type(exc).__name__, exc)
+        )
+    raise UsageError(
+        "%s file '%s' is truncated or not in the expected format (%s); "
+        'replace it with the official file, %s' % (title, path, reason, HELP)
+    )
 
 
 def as_labels(values: Any) -> np.ndarray:
@@ -131,13 +152,16 @@ def as_labels(values: Any) -> np.ndarray:
     if labels.ndim != 1:
         raise ValueError('labels have shape %s, expected a vector' % (labels.shape,))
     if labels.dtype.kind not in 'iu':
-        if labels.dtype.kind != 'f' or not np.all(np.isfinite(labels) & (labels == np.round(labels))):
+        if labels.dtype.kind != 'f' or not np.all(
+            np.isfinite(labels) & (labels == np.round(labels))
+        ):
             raise ValueError('labels are not integers (dtype %s)' % labels.dtype)
     return labels.astype(np.int64)
 
 
-def check_labels(n_images: int, labels: np.ndarray, n_classes: int, title: str,
-                 source: str) -> None:
+def check_labels(
+    n_images: int, labels: np.ndarray, n_classes: int, title: str, source: str
+) -> None:
     """The checks every loader makes on each images/labels pair it reads.
 
     Args:
@@ -151,15 +175,20 @@ def check_labels(n_images: int, labels: np.ndarray, n_classes: int, title: str,
         UsageError: no images, counts differ, or a label is out of range.
     """
     if n_images == 0:
-        raise UsageError('%s %s holds no images; replace it with the official file, %s'
-                         % (title, source, HELP))
+        raise UsageError(
+            '%s %s holds no images; replace it with the official file, %s' % (title, source, HELP)
+        )
     if n_images != len(labels):
-        raise UsageError('%s %s holds %d images but %d labels; replace it with the official '
-                         'file, %s' % (title, source, n_images, len(labels), HELP))
+        raise UsageError(
+            '%s %s holds %d images but %d labels; replace it with the official '
+            'file, %s' % (title, source, n_images, len(labels), HELP)
+        )
     bad = labels[(labels < 0) | (labels >= n_classes)]
     if len(bad):
-        raise UsageError('%s %s has label %d outside [0, %d) (%d such labels); replace it with '
-                         'the official file, %s' % (title, source, bad[0], n_classes, len(bad), HELP))
+        raise UsageError(
+            '%s %s has label %d outside [0, %d) (%d such labels); replace it with '
+            'the official file, %s' % (title, source, bad[0], n_classes, len(bad), HELP)
+        )
 
 
 def to_unit_float(images: np.ndarray) -> np.ndarray:
@@ -200,6 +229,7 @@ class DatasetInfo(NamedTuple):
         default_labels: --labels when not given; None means every labeled image.
         layout: the files of a folder dataset (``folder.Layout``), else None.
     """
+
     name: str
     n_classes: int
     shape: Tuple[int, int, int]
@@ -229,6 +259,7 @@ class Data(NamedTuple):
         split: entries for split.json beyond the labeled indices (folder data: the files).
         skipped: one '<file>: <reason>' per image file that could not be decoded.
     """
+
     info: DatasetInfo
     train: Split
     test: Split
@@ -236,25 +267,46 @@ class Data(NamedTuple):
     skipped: List[str]
 
 
-def _info(name: str, module: Any, channels: int, zca: bool, hflip: bool, epochs: int,
-          default_dir: str) -> DatasetInfo:
+def _info(
+    name: str, module: Any, channels: int, zca: bool, hflip: bool, epochs: int, default_dir: str
+) -> DatasetInfo:
     """Registry entry for a loader module (which owns FILES and CLASS_NAMES)."""
-    return DatasetInfo(name=name, n_classes=len(module.CLASS_NAMES), shape=(32, 32, channels),
-                       zca=zca, hflip=hflip, sesemi_epochs=epochs, default_dir=default_dir,
-                       files=tuple(module.FILES), class_names=tuple(module.CLASS_NAMES),
-                       loader=module.load_data)
+    return DatasetInfo(
+        name=name,
+        n_classes=len(module.CLASS_NAMES),
+        shape=(32, 32, channels),
+        zca=zca,
+        hflip=hflip,
+        sesemi_epochs=epochs,
+        default_dir=default_dir,
+        files=tuple(module.FILES),
+        class_names=tuple(module.CLASS_NAMES),
+        loader=module.load_data,
+    )
 
 
 DATASETS: Dict[str, DatasetInfo] = {
     'cifar10': _info('cifar10', cifar10, 3, True, True, 50, 'datasets/cifar-10-batches-py'),
     'cifar100': _info('cifar100', cifar100, 3, True, True, 50, 'datasets/cifar-100-python'),
     'svhn': _info('svhn', svhn, 3, False, False, 30, 'datasets/svhn'),
-    'fashion_mnist': _info('fashion_mnist', fashion_mnist, 1, False, True, 30,
-                           '/usr/share/datasets/fashion-mnist'),
+    'fashion_mnist': _info(
+        'fashion_mnist', fashion_mnist, 1, False, True, 30, '/usr/share/datasets/fashion-mnist'
+    ),
     # Built per run by ``describe``; ZCA off by default (its cost grows with (H·W·C)³).
-    'folder': DatasetInfo(name='folder', n_classes=0, shape=(32, 32, 3), zca=False, hflip=True,
-                          sesemi_epochs=folder.MAX_SESEMI_EPOCHS, default_dir='', files=(),
-                          class_names=(), loader=None, resize='crop', default_labels=None),
+    'folder': DatasetInfo(
+        name='folder',
+        n_classes=0,
+        shape=(32, 32, 3),
+        zca=False,
+        hflip=True,
+        sesemi_epochs=folder.MAX_SESEMI_EPOCHS,
+        default_dir='',
+        files=(),
+        class_names=(),
+        loader=None,
+        resize='crop',
+        default_labels=None,
+    ),
 }
 
 
@@ -271,13 +323,16 @@ def get(name: str) -> DatasetInfo:
         UsageError: unknown name.
     """
     if name not in DATASETS:
-        raise UsageError("unknown dataset '%s'; use --data= with one of %s, %s"
-                         % (name, ', '.join(sorted(DATASETS)), HELP))
+        raise UsageError(
+            "unknown dataset '%s'; use --data= with one of %s, %s"
+            % (name, ', '.join(sorted(DATASETS)), HELP)
+        )
     return DATASETS[name]
 
 
-def describe(name: str, root: Optional[str] = None,
-             options: Optional[Dict[str, Any]] = None) -> DatasetInfo:
+def describe(
+    name: str, root: Optional[str] = None, options: Optional[Dict[str, Any]] = None
+) -> DatasetInfo:
     """The description of a dataset for one run: the registry entry with the run's
     choices applied, and for folder data what ``root`` holds (no image is decoded,
     so the channel count is None until ``load_run``).
@@ -303,24 +358,34 @@ def describe(name: str, root: Optional[str] = None,
     size = int(options.get('image_size') or info.shape[0])
     if info.loader is not None:
         if size != info.shape[0]:
-            raise UsageError('--image_size=%d: %s images are %dx%d; --image_size applies to '
-                             '--data=folder' % (size, name, info.shape[0], info.shape[1]))
+            raise UsageError(
+                '--image_size=%d: %s images are %dx%d; --image_size applies to '
+                '--data=folder' % (size, name, info.shape[0], info.shape[1])
+            )
         return info
     folder.check_image_size(size)
     layout = folder.scan(root or info.default_dir, float(options.get('test_fraction', 0.1)))
     if options.get('mode', 'sesemi') != 'sesemi':  # only the proxy task's pool uses unlabeled/
         layout = layout._replace(unlabeled=[])
     if options.get('labels') is not None:  # checked on the files now, before any is decoded
-        labeled_indices(np.array([c for _, c in layout.train]), int(options['labels']),
-                        len(layout.class_names))
+        labeled_indices(
+            np.array([c for _, c in layout.train]), int(options['labels']), len(layout.class_names)
+        )
     return info._replace(
-        n_classes=len(layout.class_names), class_names=layout.class_names,
-        shape=(size, size, None), layout=layout,
-        sesemi_epochs=folder.sesemi_epochs(len(layout.train) + len(layout.unlabeled)))
+        n_classes=len(layout.class_names),
+        class_names=layout.class_names,
+        shape=(size, size, None),
+        layout=layout,
+        sesemi_epochs=folder.sesemi_epochs(len(layout.train) + len(layout.unlabeled)),
+    )
 
 
-def load_run(info: DatasetInfo, root: Optional[str] = None, cache: Optional[str] = None,
-             progress: bool = True) -> Data:
+def load_run(
+    info: DatasetInfo,
+    root: Optional[str] = None,
+    cache: Optional[str] = None,
+    progress: bool = True,
+) -> Data:
     """Reads the data of a run described by ``describe``.
 
     Args:
@@ -336,13 +401,22 @@ def load_run(info: DatasetInfo, root: Optional[str] = None, cache: Optional[str]
         train, test = info.loader(info.default_dir if root is None else root)
         return Data(info, train, test, {}, [])
     loaded = folder.load(info.layout, info.shape[0], cache, progress)
-    return Data(info._replace(shape=info.shape[:2] + (loaded.channels,)),
-                (loaded.x_train, loaded.y_train), (loaded.x_test, loaded.y_test),
-                loaded.split, loaded.skipped)
+    return Data(
+        info._replace(shape=info.shape[:2] + (loaded.channels,)),
+        (loaded.x_train, loaded.y_train),
+        (loaded.x_test, loaded.y_test),
+        loaded.split,
+        loaded.skipped,
+    )
 
 
-def load_test(name: str, root: Optional[str], split: Dict[str, Any],
-              shape: Tuple[int, int, int], class_names: Sequence[str]) -> Split:
+def load_test(
+    name: str,
+    root: Optional[str],
+    split: Dict[str, Any],
+    shape: Tuple[int, int, int],
+    class_names: Sequence[str],
+) -> Split:
     """The test split a trained model is evaluated on.
 
     Args:
@@ -364,8 +438,10 @@ def load_test(name: str, root: Optional[str], split: Dict[str, Any],
         return load(name, root)[1]
     root = root or split.get('root')
     if not root:
-        raise UsageError('pass --dataset=ROOT, the image folder the model was trained on '
-                         '(no split.json next to the model names it)')
+        raise UsageError(
+            'pass --dataset=ROOT, the image folder the model was trained on '
+            '(no split.json next to the model names it)'
+        )
     return folder.load_test(root, split, shape, class_names)
 
 

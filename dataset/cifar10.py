@@ -16,24 +16,51 @@ import numpy as np
 from dataset import as_labels, check_labels, find_files, read_file, to_unit_float
 
 TITLE = 'CIFAR-10'
-FILES = ('data_batch_1', 'data_batch_2', 'data_batch_3', 'data_batch_4', 'data_batch_5',
-         'test_batch')
-CLASS_NAMES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
-               'truck')
+FILES = (
+    'data_batch_1',
+    'data_batch_2',
+    'data_batch_3',
+    'data_batch_4',
+    'data_batch_5',
+    'test_batch',
+)
+CLASS_NAMES = (
+    'airplane',
+    'automobile',
+    'bird',
+    'cat',
+    'deer',
+    'dog',
+    'frog',
+    'horse',
+    'ship',
+    'truck',
+)
 
 # The only globals that pickled numpy arrays, lists and dicts refer to (Python 2
 # and 3, numpy 1 and 2, protocols 2 to 5). Anything else is refused, so that a
 # crafted file cannot run code when it is loaded.
-_PICKLE_GLOBALS = frozenset([
-    ('numpy', 'ndarray'), ('numpy', 'dtype'),
-    ('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
-    ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-    ('numpy.core.numeric', '_frombuffer'), ('numpy._core.numeric', '_frombuffer'),
-    ('_codecs', 'encode'), ('copy_reg', '_reconstructor'), ('copyreg', '_reconstructor'),
-    ('__builtin__', 'object'), ('builtins', 'object'),
-    ('__builtin__', 'bytes'), ('builtins', 'bytes'),
-    ('__builtin__', 'bytearray'), ('builtins', 'bytearray'),
-])
+_PICKLE_GLOBALS = frozenset(
+    [
+        ('numpy', 'ndarray'),
+        ('numpy', 'dtype'),
+        ('numpy.core.multiarray', '_reconstruct'),
+        ('numpy._core.multiarray', '_reconstruct'),
+        ('numpy.core.multiarray', 'scalar'),
+        ('numpy._core.multiarray', 'scalar'),
+        ('numpy.core.numeric', '_frombuffer'),
+        ('numpy._core.numeric', '_frombuffer'),
+        ('_codecs', 'encode'),
+        ('copy_reg', '_reconstructor'),
+        ('copyreg', '_reconstructor'),
+        ('__builtin__', 'object'),
+        ('builtins', 'object'),
+        ('__builtin__', 'bytes'),
+        ('builtins', 'bytes'),
+        ('__builtin__', 'bytearray'),
+        ('builtins', 'bytearray'),
+    ]
+)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -41,8 +68,9 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _PICKLE_GLOBALS:
-            raise pickle.UnpicklingError('it refers to %s.%s, which a dataset file does not'
-                                         % (module, name))
+            raise pickle.UnpicklingError(
+                'it refers to %s.%s, which a dataset file does not' % (module, name)
+            )
         if module.startswith('numpy._core') and not hasattr(np, '_core'):
             module = module.replace('numpy._core', 'numpy.core')  # written by numpy 2, read by 1.x
         return super().find_class(module, name)
@@ -75,8 +103,12 @@ def read_batch(path: str, label_key: str) -> Tuple[np.ndarray, np.ndarray]:
         if key not in entries:
             raise ValueError("no '%s' entry" % key)
     data = entries['data']
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
-            or data.shape[1] != 3 * 32 * 32:
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3 * 32 * 32
+    ):
         raise ValueError("'data' is %s, expected a uint8 Nx3072 array" % _describe(data))
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return images, as_labels(entries[label_key])
@@ -89,8 +121,9 @@ def _describe(value: Any) -> str:
     return 'a %s' % type(value).__name__
 
 
-def load_split(paths: Sequence[str], label_key: str, n_classes: int,
-               title: str) -> Tuple[np.ndarray, np.ndarray]:
+def load_split(
+    paths: Sequence[str], label_key: str, n_classes: int, title: str
+) -> Tuple[np.ndarray, np.ndarray]:
     """Reads, checks and concatenates the batches of one split.
 
     Args:

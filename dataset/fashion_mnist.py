@@ -18,10 +18,24 @@ import numpy as np
 from dataset import as_labels, check_labels, find_files, read_file, to_unit_float
 
 TITLE = 'Fashion-MNIST'
-FILES = ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz',
-         't10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')
-CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
-               'Sneaker', 'Bag', 'Ankle boot')
+FILES = (
+    'train-images-idx3-ubyte.gz',
+    'train-labels-idx1-ubyte.gz',
+    't10k-images-idx3-ubyte.gz',
+    't10k-labels-idx1-ubyte.gz',
+)
+CLASS_NAMES = (
+    'T-shirt/top',
+    'Trouser',
+    'Pullover',
+    'Dress',
+    'Coat',
+    'Sandal',
+    'Shirt',
+    'Sneaker',
+    'Bag',
+    'Ankle boot',
+)
 IMAGE_MAGIC = 0x00000803  # uint8, 3 dimensions
 LABEL_MAGIC = 0x00000801  # uint8, 1 dimension
 PAD = 2
@@ -57,8 +71,10 @@ def parse_idx(raw: bytes, magic: int) -> np.ndarray:
     dims = struct.unpack('>%dI' % ndim, raw[4:header])
     size = functools.reduce(operator.mul, dims, 1)  # Python ints: no overflow
     if len(raw) != header + size:
-        raise ValueError('%d bytes of data, the header (%s) says %d'
-                         % (len(raw) - header, 'x'.join(str(d) for d in dims), size))
+        raise ValueError(
+            '%d bytes of data, the header (%s) says %d'
+            % (len(raw) - header, 'x'.join(str(d) for d in dims), size)
+        )
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -100,8 +116,13 @@ def _load_split(images_path: str, labels_path: str) -> Tuple[np.ndarray, np.ndar
     """Reads and checks one split: float32 N×32×32×1 images and int64 labels."""
     images = read_file(images_path, read_images, TITLE)
     labels = read_file(labels_path, read_labels, TITLE)
-    check_labels(len(images), labels, len(CLASS_NAMES), TITLE,
-                 "files '%s' and '%s'" % (images_path, labels_path))
+    check_labels(
+        len(images),
+        labels,
+        len(CLASS_NAMES),
+        TITLE,
+        "files '%s' and '%s'" % (images_path, labels_path),
+    )
     return to_unit_float(images), labels
 
 
@@ -118,5 +139,5 @@ def load_data(folder: str) -> Tuple[Tuple[np.ndarray, np.ndarray], Tuple[np.ndar
     Raises:
         UsageError: missing folder or file, bad file, bad labels.
     """
-    paths = find_files(folder, TITLE, [(name, name[:-len('.gz')]) for name in FILES])
+    paths = find_files(folder, TITLE, [(name, name[: -len('.gz')]) for name in FILES])
     return _load_split(paths[0], paths[1]), _load_split(paths[2], paths[3])

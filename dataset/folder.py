@@ -53,6 +53,7 @@ class Layout(NamedTuple):
         held_out: whether the test files were held out of labeled/.
         ignored: how many files were not images.
     """
+
     root: str
     class_names: Tuple[str, ...]
     train: Labeled
@@ -84,25 +85,31 @@ def _classes(root: str, part: str) -> Tuple[List[str], Labeled, int]:
     """The class folders of ROOT/part and their image files."""
     folder = os.path.join(root, part)
     names = _class_folders(folder)
-    files, ignored = [], sum(1 for n in os.listdir(folder)
-                             if os.path.isfile(os.path.join(folder, n)))
+    files, ignored = (
+        [],
+        sum(1 for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))),
+    )
     for label, name in enumerate(names):
         found, skipped = _walk(root, os.path.join(folder, name))
         files.extend((path, label) for path in found)
         ignored += skipped
         if not found and part == 'labeled':
-            raise UsageError("class folder '%s' holds no image files (%s); add images or remove "
-                             "the folder, %s" % (os.path.join(folder, name), _extensions(), HELP))
+            raise UsageError(
+                "class folder '%s' holds no image files (%s); add images or remove "
+                'the folder, %s' % (os.path.join(folder, name), _extensions(), HELP)
+            )
     return names, files, ignored
 
 
 def _extensions() -> str:
     from dataset.images import IMAGE_EXTENSIONS
+
     return ', '.join(e[1:].upper() for e in IMAGE_EXTENSIONS)
 
 
-def hold_out(files: Labeled, n_classes: int, fraction: float, names: Sequence[str],
-             seed: int = SPLIT_SEED) -> Tuple[Labeled, Labeled]:
+def hold_out(
+    files: Labeled, n_classes: int, fraction: float, names: Sequence[str], seed: int = SPLIT_SEED
+) -> Tuple[Labeled, Labeled]:
     """Stratified split of labeled files into (train, test).
 
     One RandomState(seed) is shared across classes; for class c = 0..K−1 in order,
@@ -118,14 +125,18 @@ def hold_out(files: Labeled, n_classes: int, fraction: float, names: Sequence[st
         members = [i for i, (_, c) in enumerate(files) if c == label]
         count = max(1, int(round(fraction * len(members))))
         if len(members) - count < 1:
-            raise UsageError("class '%s' has %d labeled image(s); holding out --test_fraction=%g "
-                             "leaves none to train on: add images, lower --test_fraction or give "
-                             "a test/ folder, %s" % (names[label], len(members), fraction, HELP))
+            raise UsageError(
+                "class '%s' has %d labeled image(s); holding out --test_fraction=%g "
+                'leaves none to train on: add images, lower --test_fraction or give '
+                'a test/ folder, %s' % (names[label], len(members), fraction, HELP)
+            )
         order = np.array(members)
         rng.shuffle(order)
         test.update(order[:count].tolist())
-    return ([f for i, f in enumerate(files) if i not in test],
-            [f for i, f in enumerate(files) if i in test])
+    return (
+        [f for i, f in enumerate(files) if i not in test],
+        [f for i, f in enumerate(files) if i in test],
+    )
 
 
 def scan(root: str, test_fraction: float) -> Layout:
@@ -136,37 +147,54 @@ def scan(root: str, test_fraction: float) -> Layout:
             without images, test/ classes other than labeled/'s, a bad fraction.
     """
     if not root:
-        raise UsageError('--data=folder needs --dataset=ROOT, a folder holding '
-                         'ROOT/labeled/<class name>/ image folders, %s' % HELP)
+        raise UsageError(
+            '--data=folder needs --dataset=ROOT, a folder holding '
+            'ROOT/labeled/<class name>/ image folders, %s' % HELP
+        )
     if not os.path.isdir(root):
-        raise UsageError("image folder '%s' does not exist (or is not a folder); pass "
-                         "--dataset=ROOT with ROOT/labeled/<class name>/ image folders, %s"
-                         % (root, HELP))
+        raise UsageError(
+            "image folder '%s' does not exist (or is not a folder); pass "
+            '--dataset=ROOT with ROOT/labeled/<class name>/ image folders, %s' % (root, HELP)
+        )
     if not os.path.isdir(os.path.join(root, 'labeled')):
-        raise UsageError("image folder '%s' has no labeled/ folder; put each class's images in "
-                         "%s/<class name>/, %s" % (root, os.path.join(root, 'labeled'), HELP))
+        raise UsageError(
+            "image folder '%s' has no labeled/ folder; put each class's images in "
+            '%s/<class name>/, %s' % (root, os.path.join(root, 'labeled'), HELP)
+        )
     names, labeled, ignored = _classes(root, 'labeled')
     if len(names) < 2:
-        raise UsageError("folder '%s' holds %d class folder(s); at least 2 are needed, one "
-                         "folder of images per class, %s"
-                         % (os.path.join(root, 'labeled'), len(names), HELP))
+        raise UsageError(
+            "folder '%s' holds %d class folder(s); at least 2 are needed, one "
+            'folder of images per class, %s' % (os.path.join(root, 'labeled'), len(names), HELP)
+        )
     test_folder = os.path.join(root, 'test')
     if os.path.isdir(test_folder):
         test_names, test, skipped = _classes(root, 'test')
         if test_names != names:
-            raise UsageError("folder '%s' has class folders %s, but '%s' has %s; give test/ the "
-                             "same class folders as labeled/, %s"
-                             % (test_folder, _listing(test_names), os.path.join(root, 'labeled'),
-                                _listing(names), HELP))
+            raise UsageError(
+                "folder '%s' has class folders %s, but '%s' has %s; give test/ the "
+                'same class folders as labeled/, %s'
+                % (
+                    test_folder,
+                    _listing(test_names),
+                    os.path.join(root, 'labeled'),
+                    _listing(names),
+                    HELP,
+                )
+            )
         if not test:
-            raise UsageError("folder '%s' holds no image files; add test images or remove it to "
-                             "hold out --test_fraction of labeled/, %s" % (test_folder, HELP))
+            raise UsageError(
+                "folder '%s' holds no image files; add test images or remove it to "
+                'hold out --test_fraction of labeled/, %s' % (test_folder, HELP)
+            )
         train, held_out, ignored = labeled, False, ignored + skipped
     else:
         if not 0 < test_fraction < 1:
-            raise UsageError('--test_fraction=%g must lie between 0 and 1 (exclusive) when '
-                             "'%s' has no test/ folder; pass e.g. --test_fraction=0.1 or give a "
-                             'test/ folder, %s' % (test_fraction, root, HELP))
+            raise UsageError(
+                '--test_fraction=%g must lie between 0 and 1 (exclusive) when '
+                "'%s' has no test/ folder; pass e.g. --test_fraction=0.1 or give a "
+                'test/ folder, %s' % (test_fraction, root, HELP)
+            )
         train, test = hold_out(labeled, len(names), test_fraction, names)
         held_out = True
     unlabeled = []
@@ -184,8 +212,10 @@ def _listing(names: Sequence[str]) -> str:
 def check_image_size(size: int) -> None:
     """Raises UsageError for an --image_size below MIN_IMAGE_SIZE."""
     if size < MIN_IMAGE_SIZE:
-        raise UsageError('--image_size=%d is below %d; pass --image_size=%d or more (images are '
-                         'square, e.g. 32)' % (size, MIN_IMAGE_SIZE, MIN_IMAGE_SIZE))
+        raise UsageError(
+            '--image_size=%d is below %d; pass --image_size=%d or more (images are '
+            'square, e.g. 32)' % (size, MIN_IMAGE_SIZE, MIN_IMAGE_SIZE)
+        )
 
 
 def sesemi_epochs(pool_size: int) -> int:
@@ -205,6 +235,7 @@ class Loaded(NamedTuple):
         split: what split.json records about the files (relative to ROOT).
         skipped: '<path>: <reason>' of each file left out.
     """
+
     channels: int
     x_train: np.ndarray
     y_train: np.ndarray
@@ -231,54 +262,78 @@ def load(layout: Layout, size: int, cache: Optional[str], progress: bool = True)
     # Labeled training files, then unlabeled, then test: the training set is one slice.
     paths = [p for p, _ in layout.train] + layout.unlabeled + [p for p, _ in layout.test]
     created = _first_missing(cache) if cache else None
-    print('Image folder %s: %d classes; image files: %d labeled for training, %d for testing '
-          '(%s), %d unlabeled%s' % (
-              layout.root, len(layout.class_names), len(layout.train), len(layout.test),
-              'held out of labeled/' if layout.held_out else 'test/', len(layout.unlabeled),
-              '; %d other files ignored' % layout.ignored if layout.ignored else ''))
+    print(
+        'Image folder %s: %d classes; image files: %d labeled for training, %d for testing '
+        '(%s), %d unlabeled%s'
+        % (
+            layout.root,
+            len(layout.class_names),
+            len(layout.train),
+            len(layout.test),
+            'held out of labeled/' if layout.held_out else 'test/',
+            len(layout.unlabeled),
+            '; %d other files ignored' % layout.ignored if layout.ignored else '',
+        )
+    )
     try:
-        decoded = image_cache.decode([os.path.join(layout.root, p) for p in paths], size, cache,
-                                     progress)
+        decoded = image_cache.decode(
+            [os.path.join(layout.root, p) for p in paths], size, cache, progress
+        )
         _check_bad(layout, paths, decoded)
     except OSError as err:
         if created:
             shutil.rmtree(created, ignore_errors=True)
         if cache and err.filename and os.path.abspath(err.filename).startswith(cache):
-            raise UsageError("cannot write the image cache '%s' (%s); pass a writable --cache or "
-                             "--result" % (cache, err.strerror or err))
+            raise UsageError(
+                "cannot write the image cache '%s' (%s); pass a writable --cache or "
+                '--result' % (cache, err.strerror or err)
+            )
         raise
     except UsageError:
         if created:
             shutil.rmtree(created, ignore_errors=True)
         raise
-    print('Decoded %d images in %.1f s (%.0f images/s)%s'
-          % (decoded.decoded, decoded.seconds, decoded.decoded / max(decoded.seconds, 1e-9),
-             ', %d from the cache %s' % (len(paths) - decoded.decoded, cache) if cache else ''))
+    print(
+        'Decoded %d images in %.1f s (%.0f images/s)%s'
+        % (
+            decoded.decoded,
+            decoded.seconds,
+            decoded.decoded / max(decoded.seconds, 1e-9),
+            ', %d from the cache %s' % (len(paths) - decoded.decoded, cache) if cache else '',
+        )
+    )
     channels = 1 if decoded.gray.all() else 3
     pixels = decoded.pixels[..., :1] if channels == 1 else decoded.pixels
 
     n_train, n_unlabeled = len(layout.train), len(layout.unlabeled)
     train_ok = decoded.ok[:n_train]
-    unlabeled_ok = decoded.ok[n_train:n_train + n_unlabeled]
-    test_ok = decoded.ok[n_train + n_unlabeled:]
+    unlabeled_ok = decoded.ok[n_train : n_train + n_unlabeled]
+    test_ok = decoded.ok[n_train + n_unlabeled :]
     n_pool = int(train_ok.sum() + unlabeled_ok.sum())
     y_train = np.array([c for _, c in layout.train], np.int64)[train_ok]
     y_test = np.array([c for _, c in layout.test], np.int64)[test_ok]
     for label, name in enumerate(layout.class_names):
         if not (y_train == label).any():
-            raise UsageError("class '%s' has no readable training image; add images, %s"
-                             % (name, HELP))
+            raise UsageError(
+                "class '%s' has no readable training image; add images, %s" % (name, HELP)
+            )
     if not len(y_test):
-        raise UsageError("no test image of '%s' is readable; add test images, %s"
-                         % (layout.root, HELP))
-    split = {'root': os.path.abspath(layout.root), 'class_names': list(layout.class_names),
-             'image_size': size, 'test_source': 'held_out' if layout.held_out else 'test',
-             'train_files': [p for (p, _), good in zip(layout.train, train_ok) if good],
-             'test_files': [[p, c] for (p, c), good in zip(layout.test, test_ok) if good],
-             'unlabeled_images': int(unlabeled_ok.sum())}
+        raise UsageError(
+            "no test image of '%s' is readable; add test images, %s" % (layout.root, HELP)
+        )
+    split = {
+        'root': os.path.abspath(layout.root),
+        'class_names': list(layout.class_names),
+        'image_size': size,
+        'test_source': 'held_out' if layout.held_out else 'test',
+        'train_files': [p for (p, _), good in zip(layout.train, train_ok) if good],
+        'test_files': [[p, c] for (p, c), good in zip(layout.test, test_ok) if good],
+        'unlabeled_images': int(unlabeled_ok.sum()),
+    }
     skipped = ['%s: %s' % (os.path.relpath(path, layout.root), why) for path, why in decoded.bad]
-    return Loaded(channels, pixels[:n_pool], y_train, to_unit_float(pixels[n_pool:]), y_test,
-                  split, skipped)
+    return Loaded(
+        channels, pixels[:n_pool], y_train, to_unit_float(pixels[n_pool:]), y_test, split, skipped
+    )
 
 
 def _first_missing(path: str) -> Optional[str]:
@@ -294,13 +349,16 @@ def _check_bad(layout: Layout, paths: Sequence[str], decoded) -> None:
     bad = len(decoded.bad)
     if bad > MAX_BAD_FRACTION * len(paths):
         first, why = decoded.bad[0]
-        raise UsageError("%d of the %d image files in '%s' cannot be decoded (more than %g %%), "
-                         "e.g. '%s' (%s); replace or remove them"
-                         % (bad, len(paths), layout.root, 100 * MAX_BAD_FRACTION, first, why))
+        raise UsageError(
+            "%d of the %d image files in '%s' cannot be decoded (more than %g %%), "
+            "e.g. '%s' (%s); replace or remove them"
+            % (bad, len(paths), layout.root, 100 * MAX_BAD_FRACTION, first, why)
+        )
 
 
-def load_test(root: str, split: Dict, shape: Tuple[int, int, int],
-              class_names: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+def load_test(
+    root: str, split: Dict, shape: Tuple[int, int, int], class_names: Sequence[str]
+) -> Tuple[np.ndarray, np.ndarray]:
     """The test set of a trained model: test/ if ROOT has one, else the held-out files
     listed in its split.json; decoded by the 'crop' rule to the model's shape.
 
@@ -309,20 +367,27 @@ def load_test(root: str, split: Dict, shape: Tuple[int, int, int],
             readable (unreadable ones are skipped with a warning, as in training).
     """
     from dataset import images
+
     if not os.path.isdir(root):
-        raise UsageError("image folder '%s' does not exist; pass --dataset=ROOT, the folder the "
-                         "model was trained on" % root)
+        raise UsageError(
+            "image folder '%s' does not exist; pass --dataset=ROOT, the folder the "
+            'model was trained on' % root
+        )
     if os.path.isdir(os.path.join(root, 'test')):
         names, files, _ = _classes(root, 'test')
         if tuple(names) != tuple(class_names):
-            raise UsageError("folder '%s' has class folders %s, the model's classes are %s; "
-                             "pass the ROOT the model was trained on"
-                             % (os.path.join(root, 'test'), _listing(names), _listing(class_names)))
+            raise UsageError(
+                "folder '%s' has class folders %s, the model's classes are %s; "
+                'pass the ROOT the model was trained on'
+                % (os.path.join(root, 'test'), _listing(names), _listing(class_names))
+            )
     else:
         files = [(p, int(c)) for p, c in split.get('test_files', [])]
         if split.get('test_source') != 'held_out' or not files:
-            raise UsageError("image folder '%s' has no test/ folder and split.json lists no "
-                             "held-out files; pass the ROOT the model was trained on" % root)
+            raise UsageError(
+                "image folder '%s' has no test/ folder and split.json lists no "
+                'held-out files; pass the ROOT the model was trained on' % root
+            )
     pixels, labels, bad = [], [], []
     for path, label in files:
         try:
@@ -331,9 +396,12 @@ def load_test(root: str, split: Dict, shape: Tuple[int, int, int],
         except images.DECODE_ERRORS as err:
             bad.append('%s (%s)' % (path, images.reason(err)))
     if bad:  # training left these out too
-        print('warning: skipped %d unreadable test image(s): %s' % (len(bad), ', '.join(bad)),
-              file=sys.stderr)
+        print(
+            'warning: skipped %d unreadable test image(s): %s' % (len(bad), ', '.join(bad)),
+            file=sys.stderr,
+        )
     if not pixels:
-        raise UsageError("no test image of '%s' is readable; pass the ROOT the model was "
-                         "trained on" % root)
+        raise UsageError(
+            "no test image of '%s' is readable; pass the ROOT the model was trained on" % root
+        )
     return to_unit_float(np.stack(pixels)), np.array(labels, np.int64)

@@ -61,16 +61,20 @@ class Progress:
         if self.tty and (now - self.last > 0.2 or self.done == self.total):
             width = 30
             filled = width * self.done // max(1, self.total)
-            self.stream.write('\rdecoding images [%s%s] %d/%d  %.0f images/s' % (
-                '=' * filled, '.' * (width - filled), self.done, self.total, self.rate()))
+            self.stream.write(
+                '\rdecoding images [%s%s] %d/%d  %.0f images/s'
+                % ('=' * filled, '.' * (width - filled), self.done, self.total, self.rate())
+            )
             if self.done == self.total:
                 self.stream.write('\n')
             self.stream.flush()
             self.last = now
-        elif not self.tty and ((self.done >= self.next_line and self.total >= 10000)
-                               or now - self.last > 10):
-            self.stream.write('decoding images: %d/%d  %.0f images/s\n'
-                              % (self.done, self.total, self.rate()))
+        elif not self.tty and (
+            (self.done >= self.next_line and self.total >= 10000) or now - self.last > 10
+        ):
+            self.stream.write(
+                'decoding images: %d/%d  %.0f images/s\n' % (self.done, self.total, self.rate())
+            )
             self.stream.flush()
             self.next_line = self.done + max(1, self.total // 10)
             self.last = now
@@ -100,8 +104,9 @@ def _decode_all(paths: Sequence[str], size: int, report: Callable[[int], None]):
     return pixels, gray, ok, bad
 
 
-def decode(paths: Sequence[str], size: int, folder: Optional[str] = None,
-           progress: bool = True) -> Decoded:
+def decode(
+    paths: Sequence[str], size: int, folder: Optional[str] = None, progress: bool = True
+) -> Decoded:
     """Decodes image files to size×size×3 uint8 by the 'crop' rule, through the cache.
 
     Args:
@@ -125,8 +130,9 @@ def decode(paths: Sequence[str], size: int, folder: Optional[str] = None,
         pixels, gray, ok, bad = _decode_all(todo, size, bar.update if bar else lambda n: None)
         shape = (len(pixels), size, size, 3)
         array = np.stack(pixels) if pixels else np.zeros(shape, np.uint8)
-        return Decoded(array, np.asarray(gray, bool), np.asarray(ok, bool), bad, len(todo),
-                       time.time() - start)
+        return Decoded(
+            array, np.asarray(gray, bool), np.asarray(ok, bool), bad, len(todo), time.time() - start
+        )
 
     os.makedirs(folder, exist_ok=True)
     index_path = os.path.join(folder, 'images-%d.json' % size)
@@ -137,8 +143,11 @@ def decode(paths: Sequence[str], size: int, folder: Optional[str] = None,
         index = _read_index(index_path, size)
         entries, bad_entries = index['entries'], index['bad']
         keys = [_file_key(p) for p in paths]
-        todo = [p for p, k in zip(paths, keys)
-                if _hit(entries.get(p), k) is None and _hit(bad_entries.get(p), k) is None]
+        todo = [
+            p
+            for p, k in zip(paths, keys)
+            if _hit(entries.get(p), k) is None and _hit(bad_entries.get(p), k) is None
+        ]
         start = time.time()
         if todo:
             bar = Progress(len(todo)) if progress else None
@@ -182,7 +191,7 @@ def _gather(store: np.ndarray, rows: np.ndarray, chunk: int = 65536) -> np.ndarr
     """store[rows] in chunks of sorted rows, so the memory map is read mostly in order."""
     out = np.empty((len(rows),) + store.shape[1:], np.uint8)
     for begin in range(0, len(rows), chunk):
-        part = rows[begin:begin + chunk]
+        part = rows[begin : begin + chunk]
         order = np.argsort(part, kind='stable')
         out[begin + order] = store[part[order]]
     return out

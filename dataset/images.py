@@ -25,8 +25,15 @@ ALPHA_RULE = 'black'  # what transparent pixels become (the model file records i
 GRAY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'F')
 
 # What Pillow raises for a truncated, damaged or foreign file.
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
-                 Image.DecompressionBombError)
+DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+    Image.DecompressionBombError,
+)
 
 
 def is_image_file(name: str) -> bool:

@@ -44,11 +44,17 @@ def read_mat(path: str) -> Tuple[np.ndarray, np.ndarray]:
         if key not in mat:
             raise ValueError("no variable '%s'" % key)
     x = mat['X']
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4 \
-            or x.shape[:3] != (32, 32, 3):
+    if (
+        not isinstance(x, np.ndarray)
+        or x.dtype != np.uint8
+        or x.ndim != 4
+        or x.shape[:3] != (32, 32, 3)
+    ):
         shape = 'x'.join(str(d) for d in getattr(x, 'shape', ()))
-        raise ValueError("'X' is %s %s, expected uint8 32x32x3xN"
-                         % (getattr(x, 'dtype', type(x).__name__), shape))
+        raise ValueError(
+            "'X' is %s %s, expected uint8 32x32x3xN"
+            % (getattr(x, 'dtype', type(x).__name__), shape)
+        )
     labels = as_labels(mat['y'])
     labels[labels == 10] = 0
     return np.ascontiguousarray(x.transpose(3, 0, 1, 2)), labels

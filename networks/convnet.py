@@ -16,14 +16,23 @@ LEAKY_ALPHA = 0.1
 # (filters, kernel size, padding) per convolution; None marks a pooling stage
 # (max-pool, then dropout when requested).
 _LAYOUT = (
-    (128, 3, 'same'), (128, 3, 'same'), (128, 3, 'same'), None,
-    (256, 3, 'same'), (256, 3, 'same'), (256, 3, 'same'), None,
-    (512, 3, 'valid'), (256, 1, 'valid'), (128, 1, 'valid'),
+    (128, 3, 'same'),
+    (128, 3, 'same'),
+    (128, 3, 'same'),
+    None,
+    (256, 3, 'same'),
+    (256, 3, 'same'),
+    (256, 3, 'same'),
+    None,
+    (512, 3, 'valid'),
+    (256, 1, 'valid'),
+    (128, 1, 'valid'),
 )
 
 
-def create_network(input_shape: Tuple[int, int, int], dropout: float = 0.0,
-                   width: float = 1.0) -> keras.Model:
+def create_network(
+    input_shape: Tuple[int, int, int], dropout: float = 0.0, width: float = 1.0
+) -> keras.Model:
     """Builds the ConvNet-13 trunk: every convolution has a bias and is followed by
     BatchNorm and LeakyReLU(0.1).
 

@@ -44,13 +44,19 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
-def conv(x, filters: int, kernel_size: int, name: str, padding: str = 'same',
-         use_bias: bool = True):
+def conv(
+    x, filters: int, kernel_size: int, name: str, padding: str = 'same', use_bias: bool = True
+):
     """An L2-regularised, he_normal-initialised 2-D convolution."""
-    return keras.layers.Conv2D(filters, kernel_size, padding=padding, use_bias=use_bias,
-                               kernel_initializer=KERNEL_INIT,
-                               kernel_regularizer=keras.regularizers.l2(WEIGHT_DECAY),
-                               name=name + '_conv')(x)
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        padding=padding,
+        use_bias=use_bias,
+        kernel_initializer=KERNEL_INIT,
+        kernel_regularizer=keras.regularizers.l2(WEIGHT_DECAY),
+        name=name + '_conv',
+    )(x)
 
 
 class DebiasState(tf.Module):
@@ -68,13 +74,15 @@ class DebiasState(tf.Module):
         # (equal ones under global statistics); a checkpoint stores their mean.
         self.count = replica_local_variable(np.int64(0), 'count', average=False)
         self.biased_mean = replica_local_variable(np.zeros(channels, np.float32), 'biased_mean')
-        self.biased_variance = replica_local_variable(np.zeros(channels, np.float32),
-                                                      'biased_variance')
+        self.biased_variance = replica_local_variable(
+            np.zeros(channels, np.float32), 'biased_variance'
+        )
 
 
 class _Branch(threading.local):
     """Whether the calls being built belong to the self-supervised (proxy) branch; per
     thread, as a tf.distribute strategy builds each replica's step in its own thread."""
+
     proxy = False
 
 
@@ -185,8 +193,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
             return inference(inputs, training=False)
         proxy = _BRANCH.proxy  # read now: TF 1.15 builds the update later, outside this call
         if proxy and self.proxy_debias is None:
-            raise ValueError('%s is called for a proxy branch without its accumulator; apply '
-                             'the trunk through ProxyBranch' % self.name)
+            raise ValueError(
+                '%s is called for a proxy branch without its accumulator; apply '
+                'the trunk through ProxyBranch' % self.name
+            )
 
         gamma = self.gamma if self.scale else tf.ones_like(self.moving_mean)
         beta = self.beta if self.center else tf.zeros_like(self.moving_mean)
@@ -197,17 +207,26 @@ class BatchNormalization(keras.layers.BatchNormalization):
             if self.global_statistics and replicas and replicas.num_replicas_in_sync > 1:
                 return _global_batch_norm(inputs, gamma, beta, self.epsilon, replicas)
             outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                inputs, gamma, beta, epsilon=self.epsilon, is_training=True)
+                inputs, gamma, beta, epsilon=self.epsilon, is_training=True
+            )
             return outputs, mean, variance, tf.cast(local_n, tf.float32)
 
         def infer():  # only built where ``training`` is a tensor (TF 1.15's learning phase)
-            return (inference(inputs, training=False), tf.identity(self.moving_mean),
-                    tf.identity(self.moving_variance), tf.cast(local_n, tf.float32))
+            return (
+                inference(inputs, training=False),
+                tf.identity(self.moving_mean),
+                tf.identity(self.moving_variance),
+                tf.cast(local_n, tf.float32),
+            )
 
         outputs, mean, variance, n = smart_cond(training, train, infer)
-        self.add_update(lambda: smart_cond(
-            training, lambda: self._update(mean, variance, n, proxy),
-            lambda: tf.constant(0, tf.int64)))
+        self.add_update(
+            lambda: smart_cond(
+                training,
+                lambda: self._update(mean, variance, n, proxy),
+                lambda: tf.constant(0, tf.int64),
+            )
+        )
         return outputs
 
     def _update(self, mean, variance, n, proxy: bool):
@@ -220,8 +239,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
         count = state.count.assign_add(1)
         bias = 1.0 - tf.pow(1.0 - decay, tf.cast(count, tf.float32))
         updates = []
-        for biased, moving, value in ((state.biased_mean, self.moving_mean, mean),
-                                      (state.biased_variance, self.moving_variance, variance)):
+        for biased, moving, value in (
+            (state.biased_mean, self.moving_mean, mean),
+            (state.biased_variance, self.moving_variance, variance),
+        ):
             average = biased.assign_sub((biased - value) * decay)
             updates.append(average if proxy else moving.assign(average / bias))
         with tf.control_dependencies(updates):
@@ -238,9 +259,11 @@ def debiased_average(state: DebiasState, momentum: float = BN_MOMENTUM):
     """(mean, variance): the zero-debiased averages an accumulator holds,
     biased / (1 − momentum^count), as numpy arrays."""
     count = int(K.get_value(state.count))
-    correction = 1.0 - momentum ** count
-    return (K.get_value(state.biased_mean) / correction,
-            K.get_value(state.biased_variance) / correction)
+    correction = 1.0 - momentum**count
+    return (
+        K.get_value(state.biased_mean) / correction,
+        K.get_value(state.biased_variance) / correction,
+    )
 
 
 def _global_batch_norm(inputs, gamma, beta, epsilon: float, replicas):
@@ -254,12 +277,14 @@ def _global_batch_norm(inputs, gamma, beta, epsilon: float, replicas):
     x = tf.cast(inputs, tf.float32)
     axes = [0, 1, 2]
     local_n = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
-    sums = replicas.all_reduce(tf.distribute.ReduceOp.SUM,
-                               tf.concat([tf.reduce_sum(x, axes), [local_n]], 0))
+    sums = replicas.all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.concat([tf.reduce_sum(x, axes), [local_n]], 0)
+    )
     n = sums[-1]
     mean = sums[:-1] / n
-    squares = replicas.all_reduce(tf.distribute.ReduceOp.SUM,
-                                  tf.reduce_sum(tf.square(x - mean), axes))
+    squares = replicas.all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(x - mean), axes)
+    )
     variance = squares / n
     outputs = tf.nn.batch_normalization(x, mean, variance, beta, gamma, epsilon)
     return tf.cast(outputs, inputs.dtype), mean, variance * (n / (n - 1.0)), n
@@ -270,15 +295,18 @@ def batchnorm_layers(model) -> List[keras.layers.BatchNormalization]:
     found = []  # type: List[keras.layers.BatchNormalization]
     for layer in model.layers:
         nested = batchnorm_layers(layer) if isinstance(layer, keras.Model) else [layer]
-        found += [l for l in nested if isinstance(l, keras.layers.BatchNormalization)
-                  and all(l is not seen for seen in found)]
+        found += [
+            l
+            for l in nested
+            if isinstance(l, keras.layers.BatchNormalization)
+            and all(l is not seen for seen in found)
+        ]
     return found
 
 
 def bn_act(x, name: str, leaky_alpha: Optional[float] = None):
     """BatchNorm then ReLU, or LeakyReLU(leaky_alpha) when given."""
-    x = BatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                           name=name + '_bn')(x)
+    x = BatchNormalization(axis=-1, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name + '_bn')(x)
     if leaky_alpha is None:
         return keras.layers.Activation('relu', name=name + '_relu')(x)
     return keras.layers.LeakyReLU(alpha=leaky_alpha, name=name + '_lrelu')(x)

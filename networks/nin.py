@@ -20,8 +20,9 @@ _BLOCKS = (
 )
 
 
-def create_network(input_shape: Tuple[int, int, int], dropout: float = 0.0,
-                   width: float = 1.0) -> keras.Model:
+def create_network(
+    input_shape: Tuple[int, int, int], dropout: float = 0.0, width: float = 1.0
+) -> keras.Model:
     """Builds the Network-in-Network trunk: 'valid' convolutions with bias, each
     followed by BatchNorm and ReLU.
 

@@ -61,8 +61,9 @@ def residual_block(x, channels: int, dropout: float, name: str):
     return keras.layers.Add(name=name + '_add')([x, y])
 
 
-def create_network(input_shape: Tuple[int, int, int], dropout: float = 0.0,
-                   width: float = 1.0) -> keras.Model:
+def create_network(
+    input_shape: Tuple[int, int, int], dropout: float = 0.0, width: float = 1.0
+) -> keras.Model:
     """Builds the WRN-28-2 trunk.
 
     Args:
@@ -83,8 +84,7 @@ def create_network(input_shape: Tuple[int, int, int], dropout: float = 0.0,
         x = expand(x, channels, name='stage%d_expand' % s)
         if s > 1:
             # Downsampling by pooling after widening, in place of a strided conv.
-            x = keras.layers.MaxPooling2D(2, strides=2, padding='valid',
-                                          name='stage%d_pool' % s)(x)
+            x = keras.layers.MaxPooling2D(2, strides=2, padding='valid', name='stage%d_pool' % s)(x)
         for b in range(1, BLOCKS_PER_STAGE + 1):
             x = residual_block(x, channels, dropout, name='stage%d_block%d' % (s, b))
         # Pre-activation blocks leave their output un-normalised; this BN-ReLU

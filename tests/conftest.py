@@ -17,6 +17,7 @@ sys.path.insert(0, ROOT)
 def to_numpy(structure):
     """Evaluates tensors (nested) to numpy, in a session on TF 1.15, eagerly on TF 2."""
     from compat import TF1, tf
+
     if TF1:
         with tf.compat.v1.Session() as sess:
             return sess.run(structure)
@@ -26,6 +27,7 @@ def to_numpy(structure):
 def take(dataset, n=1):
     """The first ``n`` elements of a tf.data.Dataset as numpy structures."""
     from compat import TF1, tf
+
     if TF1:
         nxt = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
         with tf.compat.v1.Session() as sess:
@@ -59,15 +61,20 @@ def write_cifar10(folder, per_class_per_batch=2, test_per_class=3, seed=0):
         images = class_images(labels, seed=seed + k)
         data = images.transpose(0, 3, 1, 2).reshape(len(labels), 3072)  # channel-major rows
         with open(os.path.join(folder, name), 'wb') as f:
-            pickle.dump({'data': data, 'labels': labels.tolist(), 'batch_label': name}, f, protocol=2)
+            pickle.dump(
+                {'data': data, 'labels': labels.tolist(), 'batch_label': name}, f, protocol=2
+            )
     return str(folder)
 
 
 def idx_bytes(array, magic=None):
     """An IDX file of uint8 values: magic, big-endian dimensions, data."""
     magic = (0x800 | array.ndim) if magic is None else magic
-    return (struct.pack('>I', magic) + struct.pack('>%dI' % array.ndim, *array.shape)
-            + array.astype(np.uint8).tobytes())
+    return (
+        struct.pack('>I', magic)
+        + struct.pack('>%dI' % array.ndim, *array.shape)
+        + array.astype(np.uint8).tobytes()
+    )
 
 
 def write_bytes(path, raw):
@@ -96,10 +103,13 @@ def write_noise_fashion_mnist(folder):
     os.makedirs(folder)
     rng = np.random.RandomState(0)
     for prefix, count in (('train', 40), ('t10k', 30)):
-        write_bytes(os.path.join(folder, prefix + '-images-idx3-ubyte.gz'),
-                    idx_bytes(rng.randint(0, 256, (count, 28, 28))))
-        write_bytes(os.path.join(folder, prefix + '-labels-idx1-ubyte.gz'),
-                    idx_bytes(np.arange(count) % 10))
+        write_bytes(
+            os.path.join(folder, prefix + '-images-idx3-ubyte.gz'),
+            idx_bytes(rng.randint(0, 256, (count, 28, 28))),
+        )
+        write_bytes(
+            os.path.join(folder, prefix + '-labels-idx1-ubyte.gz'), idx_bytes(np.arange(count) % 10)
+        )
     return folder
 
 
@@ -115,17 +125,25 @@ def tiny_cifar10(tmp_path):
     return write_cifar10(str(tmp_path / 'cifar-10-batches-py'))
 
 
-def stub_adapter_tf1(monkeypatch, loss_scale_optimizer, manager=lambda **kwargs: 'manager',
-                     **npu_init):
+def stub_adapter_tf1(
+    monkeypatch, loss_scale_optimizer, manager=lambda **kwargs: 'manager', **npu_init
+):
     """Installs stand-ins for the TF 1.15 Ascend adapter's modules: the loss-scale optimizer
     and manager given, and ``npu_init`` holding the names given. Returns npu_init."""
     import types
-    modules = {'npu_bridge': {}, 'npu_bridge.npu_init': npu_init,
-               'npu_bridge.estimator': {}, 'npu_bridge.estimator.npu': {},
-               'npu_bridge.estimator.npu.npu_loss_scale_manager':
-                   {'ExponentialUpdateLossScaleManager': manager},
-               'npu_bridge.estimator.npu.npu_loss_scale_optimizer':
-                   {'NPULossScaleOptimizer': loss_scale_optimizer}}
+
+    modules = {
+        'npu_bridge': {},
+        'npu_bridge.npu_init': npu_init,
+        'npu_bridge.estimator': {},
+        'npu_bridge.estimator.npu': {},
+        'npu_bridge.estimator.npu.npu_loss_scale_manager': {
+            'ExponentialUpdateLossScaleManager': manager
+        },
+        'npu_bridge.estimator.npu.npu_loss_scale_optimizer': {
+            'NPULossScaleOptimizer': loss_scale_optimizer
+        },
+    }
     for name, attributes in modules.items():
         module = types.ModuleType(name)
         module.__dict__.update(attributes)
@@ -137,6 +155,7 @@ def expect_usage_error(capsys, argv, *words):
     """Runs the training entry with ``argv``; checks exit code 2 and one error line
     on stderr holding every one of ``words``."""
     import train_evaluate_asl2 as entry
+
     assert entry.main(['train_evaluate_asl2.py'] + argv) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and err.startswith('error: '), err
@@ -149,6 +168,7 @@ def write_image_folder(root, per_class=30, unlabeled=50, size=16, test_folder=Fa
     an RGBA PNG, a JPEG, a BMP and a GIF, plus a corrupt PNG and a text file in labeled/b,
     and unlabeled images two levels deep. Returns the corrupt file's path relative to root."""
     from PIL import Image
+
     labels = np.repeat([0, 1], per_class)
     gray = class_images(labels, size=size, channels=1, seed=1)[..., 0]
     colour = class_images(labels, size=size, channels=3, seed=2)
@@ -168,17 +188,20 @@ def write_image_folder(root, per_class=30, unlabeled=50, size=16, test_folder=Fa
             Image.fromarray(gray[i]).convert('P').save(os.path.join(folder, 'img%02d.gif' % k))
         else:  # gray PNGs of other sizes: resized and cropped by the loader
             Image.fromarray(gray[i]).resize((size + 4 * (k % 3), size)).save(
-                os.path.join(folder, 'img%02d.png' % k))
+                os.path.join(folder, 'img%02d.png' % k)
+            )
     with open(os.path.join(root, 'labeled', 'b', 'broken.png'), 'wb') as f:
         f.write(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)
     with open(os.path.join(root, 'labeled', 'b', 'notes.txt'), 'w') as f:
         f.write('not an image')
     deep = os.path.join(root, 'unlabeled', 'part1', 'deeper')
     os.makedirs(deep)
-    for i, image in enumerate(class_images(np.arange(unlabeled) % 2, size=size, channels=3,
-                                           seed=3)):
-        Image.fromarray(image).save(os.path.join(deep if i % 2 else os.path.dirname(deep),
-                                                 'u%03d.png' % i))
+    for i, image in enumerate(
+        class_images(np.arange(unlabeled) % 2, size=size, channels=3, seed=3)
+    ):
+        Image.fromarray(image).save(
+            os.path.join(deep if i % 2 else os.path.dirname(deep), 'u%03d.png' % i)
+        )
     if test_folder:
         for label, name in enumerate(['a', 'b']):
             folder = os.path.join(root, 'test', name)

@@ -119,16 +119,22 @@ def branch_batches(steps, seed=0):
     """(labeled, proxy) batches per step with clearly different statistics: N(3, 2) and
     N(−1, 0.5), so that the two branches' averages are far apart."""
     rng = np.random.RandomState(seed)
-    return [(rng.normal(3.0, 2.0, (2,) + SHAPE).astype(np.float32),
-             rng.normal(-1.0, 0.5, (2,) + SHAPE).astype(np.float32)) for _ in range(steps)]
+    return [
+        (
+            rng.normal(3.0, 2.0, (2,) + SHAPE).astype(np.float32),
+            rng.normal(-1.0, 0.5, (2,) + SHAPE).astype(np.float32),
+        )
+        for _ in range(steps)
+    ]
 
 
 def two_branch_model(proxy_first=False, **compile_args):
     """A BatchNorm trunk shared by a labeled and a proxy branch (``ProxyBranch``), inputs
     [labeled, proxy], the branch calls in the order given; zero learning rate."""
     inputs = keras.layers.Input(SHAPE)
-    trunk = keras.Model(inputs, layers.BatchNormalization(momentum=DECAY, epsilon=EPSILON,
-                                                           name='bn')(inputs))
+    trunk = keras.Model(
+        inputs, layers.BatchNormalization(momentum=DECAY, epsilon=EPSILON, name='bn')(inputs)
+    )
     labeled, proxy = keras.layers.Input(SHAPE), keras.layers.Input(SHAPE)
     if proxy_first:
         proxy_out = layers.ProxyBranch(trunk)(proxy)
@@ -162,7 +168,9 @@ def assert_per_branch(bn, steps):
     proxy_mean, proxy_var = layers.debiased_average(bn.proxy_debias, DECAY)
     np.testing.assert_allclose(proxy_mean, expected(proxy)[0], rtol=1e-5)
     np.testing.assert_allclose(proxy_var, expected(proxy)[1], rtol=1e-5)
-    assert int(K.get_value(bn.debias.count)) == int(K.get_value(bn.proxy_debias.count)) == len(steps)
+    assert (
+        int(K.get_value(bn.debias.count)) == int(K.get_value(bn.proxy_debias.count)) == len(steps)
+    )
     assert relative_difference(mean, expected(proxy)[0]) > 0.5
     assert relative_difference(mean, one_accumulator_mix(steps)) > 0.1
 
@@ -218,9 +226,14 @@ def test_each_branch_keeps_its_own_accumulator_under_two_replicas_with_sync_bn()
     the averages are those of the whole steps, as on one device."""
     tests = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, PYTHONPATH=tests, CUDA_VISIBLE_DEVICES='')
-    proc = subprocess.run([sys.executable, '-c', STRATEGY_RUN, ROOT], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, '-c', STRATEGY_RUN, ROOT],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     steps = branch_batches(4)
@@ -270,31 +283,46 @@ def test_the_state_is_not_counted_as_weights():
     model = single_bn_model()
     bn = model.get_layer('bn')
     assert [w.name.split('/')[-1].split(':')[0] for w in bn.weights] == [
-        'gamma', 'beta', 'moving_mean', 'moving_variance']
+        'gamma',
+        'beta',
+        'moving_mean',
+        'moving_variance',
+    ]
     assert model.count_params() == 4 * CHANNELS
 
 
-@pytest.mark.parametrize('name,full,inference', [
-    ('convnet', 3128720, 3127946), ('nin', 1011600, 1010442), ('wrn', 1472000, 1471226)])
+@pytest.mark.parametrize(
+    'name,full,inference',
+    [('convnet', 3128720, 3127946), ('nin', 1011600, 1010442), ('wrn', 1472000, 1471226)],
+)
 def test_parameter_counts_are_the_reference_ones(name, full, inference):
     trunk = networks.get(name)((32, 32, 3))
     train_model, inference_model = utils.build_models(trunk, (32, 32, 3), 10, True, 0.2)
     assert (train_model.count_params(), inference_model.count_params()) == (full, inference)
-    assert all(type(l) is layers.BatchNormalization  # pylint: disable=unidiomatic-typecheck
-               for l in trunk.layers if isinstance(l, keras.layers.BatchNormalization))
+    assert all(
+        type(l) is layers.BatchNormalization  # pylint: disable=unidiomatic-typecheck
+        for l in trunk.layers
+        if isinstance(l, keras.layers.BatchNormalization)
+    )
 
 
 def test_model_file_loads_in_stock_keras_with_the_debiased_statistics(tmp_path):
     import model_io
+
     trunk = networks.get('convnet')((32, 32, 3), width=0.0625)
     model, inference = utils.build_models(trunk, (32, 32, 3), 10, True, 0.0)
     utils.compile_model(model, 0.0, True)
     rng = np.random.RandomState(0)
     x = rng.normal(0.0, 1.0, (4, 32, 32, 3)).astype(np.float32)
-    targets = [np.eye(6, dtype=np.float32)[[0, 1, 2, 3]], np.eye(10, dtype=np.float32)[[0, 1, 2, 3]]]
+    targets = [
+        np.eye(6, dtype=np.float32)[[0, 1, 2, 3]],
+        np.eye(10, dtype=np.float32)[[0, 1, 2, 3]],
+    ]
     model.train_on_batch([x, x], targets)
     path = str(tmp_path / 'model.h5')
-    model_io.save_model(path, inference, model_io.Preprocessing.for_dataset(dataset.get('svhn'), None, 0))
+    model_io.save_model(
+        path, inference, model_io.Preprocessing.for_dataset(dataset.get('svhn'), None, 0)
+    )
     bn = trunk.get_layer('block1_bn')
     count = int(K.get_value(bn.debias.count))
     saved = K.get_value(bn.moving_mean)
@@ -335,24 +363,45 @@ def test_checkpoint_without_the_state_is_refused(tmp_path):
 
 def test_resume_from_a_checkpoint_of_the_earlier_format_exits_2(tiny_fashion, tmp_path):
     result = str(tmp_path / 'run')
-    args = ['--data=fashion_mnist', '--dataset=' + tiny_fashion, '--result=' + result,
-            '--network=convnet', '--width=0.0625', '--labels=20', '--batch_size=2', '--epochs=1',
-            '--max_steps=2']
+    args = [
+        '--data=fashion_mnist',
+        '--dataset=' + tiny_fashion,
+        '--result=' + result,
+        '--network=convnet',
+        '--width=0.0625',
+        '--labels=20',
+        '--batch_size=2',
+        '--epochs=1',
+        '--max_steps=2',
+    ]
     entry = os.path.join(ROOT, 'train_evaluate_asl2.py')
     # The run before the change: stock Keras BatchNorm in every trunk.
-    earlier = ('import sys; sys.path.insert(0, %r); from compat import keras; '
-               'import networks.layers as l; l.BatchNormalization = keras.layers.BatchNormalization; '
-               'l.ProxyBranch = lambda trunk: trunk; '
-               'import train_evaluate_asl2 as e; sys.exit(e.main(sys.argv))' % ROOT)
+    earlier = (
+        'import sys; sys.path.insert(0, %r); from compat import keras; '
+        'import networks.layers as l; l.BatchNormalization = keras.layers.BatchNormalization; '
+        'l.ProxyBranch = lambda trunk: trunk; '
+        'import train_evaluate_asl2 as e; sys.exit(e.main(sys.argv))' % ROOT
+    )
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    proc = subprocess.run([sys.executable, '-c', earlier] + args, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, '-c', earlier] + args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     before = {n: os.path.getmtime(os.path.join(result, n)) for n in os.listdir(result)}
 
-    proc = subprocess.run([sys.executable, entry, '--resume'] + args, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, entry, '--resume'] + args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr and 'starting from step 0' not in proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
@@ -364,16 +413,34 @@ def test_resume_of_an_asl_checkpoint_with_one_accumulator_exits_2(tiny_fashion, 
     """tests/data holds an asl run of 2 steps written by the version whose BatchNorm layers
     fed both branches into one accumulator (commit bab7dbc, this TF generation)."""
     import shutil
+
     result = str(tmp_path / 'run')
-    shutil.copytree(os.path.join(ROOT, 'tests', 'data', 'asl_run_one_accumulator_'
-                                 + ('tf1' if TF1 else 'tf2')), result)
+    shutil.copytree(
+        os.path.join(ROOT, 'tests', 'data', 'asl_run_one_accumulator_' + ('tf1' if TF1 else 'tf2')),
+        result,
+    )
     before = {n: os.path.getmtime(os.path.join(result, n)) for n in os.listdir(result)}
-    args = ['--data=fashion_mnist', '--dataset=' + tiny_fashion, '--result=' + result,
-            '--network=convnet', '--width=0.0625', '--labels=20', '--batch_size=2', '--epochs=1',
-            '--max_steps=2', '--mode=asl', '--resume']
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py')] + args,
-                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=''), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    args = [
+        '--data=fashion_mnist',
+        '--dataset=' + tiny_fashion,
+        '--result=' + result,
+        '--network=convnet',
+        '--width=0.0625',
+        '--labels=20',
+        '--batch_size=2',
+        '--epochs=1',
+        '--max_steps=2',
+        '--mode=asl',
+        '--resume',
+    ]
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py')] + args,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=''),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr and 'starting from step 0' not in proc.stdout
     assert proc.stderr.count('\n') == 1, proc.stderr

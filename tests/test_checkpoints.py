@@ -14,8 +14,16 @@ import pytest
 from conftest import ROOT
 
 # 40 training images, 20 labeled (asl pool = labeled): 10 steps per epoch, 2 epochs.
-TINY = ['--data=fashion_mnist', '--network=convnet', '--width=0.0625', '--labels=20',
-        '--batch_size=2', '--epochs=2', '--mode=asl', '--eval_every=1']
+TINY = [
+    '--data=fashion_mnist',
+    '--network=convnet',
+    '--width=0.0625',
+    '--labels=20',
+    '--batch_size=2',
+    '--epochs=2',
+    '--mode=asl',
+    '--eval_every=1',
+]
 ENTRY = os.path.join(ROOT, 'train_evaluate_asl2.py')
 
 
@@ -28,8 +36,14 @@ def run(data, result, *extra, fault=None):
     env.pop('SESEMI_FAULT', None)
     if fault:
         env['SESEMI_FAULT'] = fault
-    return subprocess.run(command(data, result, *extra), env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    return subprocess.run(
+        command(data, result, *extra),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
 
 
 def metrics(result):
@@ -39,6 +53,7 @@ def metrics(result):
 
 def load_weights(path):
     from compat import K, keras
+
     K.clear_session()
     weights = keras.models.load_model(path, compile=False).get_weights()
     K.clear_session()
@@ -78,7 +93,9 @@ def test_sigkill_at_several_points_then_resume(tiny_fashion, tmp_path):
         assert json.load(f)['steps'] == 20
     assert len(load_weights(os.path.join(result, 'model.h5'))) > 0
     assert_nothing_corrupt(result)
-    kept = sorted(n for n in os.listdir(os.path.join(result, 'checkpoints')) if n.endswith('.index'))
+    kept = sorted(
+        n for n in os.listdir(os.path.join(result, 'checkpoints')) if n.endswith('.index')
+    )
     assert len(kept) == 3 and 'ckpt-20.index' in kept  # --keep_checkpoints default 3
 
 
@@ -101,8 +118,13 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_fashion, tmp_path
 def start_after_first_epoch(data, result):
     """Starts a long run in the background; returns once its first epoch is logged."""
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    proc = subprocess.Popen(command(data, result, '--epochs=30'), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    proc = subprocess.Popen(
+        command(data, result, '--epochs=30'),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
     path = os.path.join(result, 'metrics.jsonl')
     deadline = time.time() + 300
     while time.time() < deadline and not (os.path.exists(path) and os.path.getsize(path)):
@@ -127,11 +149,14 @@ def test_nan_loss_stops_and_keeps_the_good_checkpoint(tiny_fashion, tmp_path):
     result = str(tmp_path / 'run')
     proc = run(tiny_fashion, result, '--base_lr=1e30', '--ckpt_every_steps=1')
     assert proc.returncode == 3
-    line, = error_lines(proc.stderr)
+    (line,) = error_lines(proc.stderr)
     assert 'non-finite loss at step' in line and 'super_clf_loss' in line
     bad_step = int(line.split('at step ')[1].split(' ')[0])
-    saved = [int(n[5:-6]) for n in os.listdir(os.path.join(result, 'checkpoints'))
-             if n.endswith('.index')]
+    saved = [
+        int(n[5:-6])
+        for n in os.listdir(os.path.join(result, 'checkpoints'))
+        if n.endswith('.index')
+    ]
     assert all(s < bad_step for s in saved)
     assert not os.path.exists(os.path.join(result, 'model.h5'))
 
@@ -147,7 +172,9 @@ def test_resume_with_different_flags_is_refused(tiny_fashion, tmp_path):
     proc = run(tiny_fashion, result, '--max_steps=3')
     assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr[-2000:]
     assert 'holds an earlier run (step 3)' in proc.stderr and '--resume' in proc.stderr
-    assert {name: os.path.getmtime(os.path.join(result, name)) for name in os.listdir(result)} == before
+    assert {
+        name: os.path.getmtime(os.path.join(result, name)) for name in os.listdir(result)
+    } == before
 
 
 def test_corrupt_newest_checkpoint_is_skipped(tiny_fashion, tmp_path):
@@ -167,6 +194,7 @@ def test_corrupt_newest_checkpoint_is_skipped(tiny_fashion, tmp_path):
 
 def test_result_folder_removed_mid_run(tiny_fashion, tmp_path):
     import shutil
+
     result = str(tmp_path / 'run')
     proc = start_after_first_epoch(tiny_fashion, result)
     # The run may write a file while the tree is being removed (rmtree then meets a
@@ -178,5 +206,5 @@ def test_result_folder_removed_mid_run(tiny_fashion, tmp_path):
     assert not os.path.exists(result)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err[-2000:]
-    line, = error_lines(err)
+    (line,) = error_lines(err)
     assert 'intact' in line

@@ -13,8 +13,15 @@ import cli
 import compat
 from conftest import ROOT, write_fashion_mnist
 
-TINY = ['--data=fashion_mnist', '--network=convnet', '--width=0.0625', '--labels=20',
-        '--batch_size=2', '--epochs=1', '--max_steps=2']
+TINY = [
+    '--data=fashion_mnist',
+    '--network=convnet',
+    '--width=0.0625',
+    '--labels=20',
+    '--batch_size=2',
+    '--epochs=1',
+    '--max_steps=2',
+]
 # A line of TensorFlow's C++ logging: absl's format (TF 2.x) or TF 1.15's own.
 CPP_LOG_LINE = re.compile(r'^([IWE]\d{4} |\d{4}-\d\d-\d\d [\d:.]+: [IWE] tensorflow/)', re.M)
 
@@ -22,29 +29,50 @@ CPP_LOG_LINE = re.compile(r'^([IWE]\d{4} |\d{4}-\d\d-\d\d [\d:.]+: [IWE] tensorf
 def python(args, **env):
     """Runs this project's Python with ``args`` in the project folder: no GPU, not
     verbose unless ``env`` (variables added to this process's environment) says so."""
-    env = dict({k: v for k, v in os.environ.items() if k != cli.VERBOSE_ENV},
-               CUDA_VISIBLE_DEVICES='', **env)
-    return subprocess.run([sys.executable] + args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    env = dict(
+        {k: v for k, v in os.environ.items() if k != cli.VERBOSE_ENV},
+        CUDA_VISIBLE_DEVICES='',
+        **env,
+    )
+    return subprocess.run(
+        [sys.executable] + args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
 
 
-@pytest.mark.parametrize('argv,message', [
-    (['--labels=400'], '--labels=400 is larger than the training set (40 images)'),
-    (['--labels=25'], '--labels=25 must be a multiple of the 10 classes (at least one per class), '
-                      'or 40 for all images'),
-    (['--labels=20', '--batch_size=21'], '--batch_size=21 is larger than the 20 images of the '
-                                         'pool; lower it'),
-])
+@pytest.mark.parametrize(
+    'argv,message',
+    [
+        (['--labels=400'], '--labels=400 is larger than the training set (40 images)'),
+        (
+            ['--labels=25'],
+            '--labels=25 must be a multiple of the 10 classes (at least one per class), '
+            'or 40 for all images',
+        ),
+        (
+            ['--labels=20', '--batch_size=21'],
+            '--batch_size=21 is larger than the 20 images of the pool; lower it',
+        ),
+    ],
+)
 def test_bad_input_against_the_data_is_one_line_before_tensorflow(tmp_path, argv, message):
     data = write_fashion_mnist(str(tmp_path / 'fashion'))
     result = str(tmp_path / 'result')
     # The entry's command line, plus whether TensorFlow was imported by the time it returned.
-    code = ('import sys, train_evaluate_asl2 as entry\n'
-            'code = entry.main()\n'
-            'print("tensorflow" in sys.modules)\n'
-            'sys.exit(code)\n')
-    proc = python(['-c', code, '--data=fashion_mnist', '--dataset=' + data, '--result=' + result]
-                  + argv)
+    code = (
+        'import sys, train_evaluate_asl2 as entry\n'
+        'code = entry.main()\n'
+        'print("tensorflow" in sys.modules)\n'
+        'sys.exit(code)\n'
+    )
+    proc = python(
+        ['-c', code, '--data=fashion_mnist', '--dataset=' + data, '--result=' + result] + argv
+    )
     assert proc.returncode == 2
     assert proc.stderr == 'error: %s\n' % message
     assert proc.stdout == 'False\n'
@@ -53,14 +81,23 @@ def test_bad_input_against_the_data_is_one_line_before_tensorflow(tmp_path, argv
 
 def test_training_is_quiet_and_verbose_shows_tensorflow(tmp_path):
     data = write_fashion_mnist(str(tmp_path / 'fashion'))
-    quiet = python(['train_evaluate_asl2.py', '--dataset=' + data,
-                    '--result=' + str(tmp_path / 'quiet')] + TINY)
+    quiet = python(
+        ['train_evaluate_asl2.py', '--dataset=' + data, '--result=' + str(tmp_path / 'quiet')]
+        + TINY
+    )
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert quiet.stderr == ''
     assert 'Final test error' in quiet.stdout
 
-    verbose = python(['train_evaluate_asl2.py', '--dataset=' + data, '--verbose',
-                      '--result=' + str(tmp_path / 'verbose')] + TINY)
+    verbose = python(
+        [
+            'train_evaluate_asl2.py',
+            '--dataset=' + data,
+            '--verbose',
+            '--result=' + str(tmp_path / 'verbose'),
+        ]
+        + TINY
+    )
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     assert CPP_LOG_LINE.search(verbose.stderr), verbose.stderr
     if compat.TF1:
@@ -96,7 +133,8 @@ def test_tensorflow_output_is_shown_when_its_import_fails(tmp_path):
     (fake / '__init__.py').write_text(
         'import os\n'
         'os.write(2, b"Could not load dynamic library libcudart.so\\n")\n'
-        'raise ImportError("broken TensorFlow install")\n')
+        'raise ImportError("broken TensorFlow install")\n'
+    )
     proc = python(['-c', 'import compat'], PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
     assert proc.returncode == 1
     assert proc.stderr.startswith('Could not load dynamic library libcudart.so\n'), proc.stderr

@@ -24,6 +24,7 @@ DEBIAN_FASHION = '/usr/share/datasets/fashion-mnist'
 
 # -------------------------------------------------------------- file writers
 
+
 def cifar_rows(n, seed):
     """Random uint8 CIFAR rows, N×3072 channel-major."""
     return np.random.RandomState(seed).randint(0, 256, (n, 3072)).astype(np.uint8)
@@ -46,9 +47,16 @@ def write_cifar10(folder, n=3, bytes_keys=False, protocol=2):
     for k, name in enumerate(cifar10.FILES):
         rows = cifar_rows(n, seed=k)
         labels = [(k + i) % 10 for i in range(n)]
-        keys = (b'data', b'labels', b'batch_label') if bytes_keys else ('data', 'labels', 'batch_label')
-        write_pickle(os.path.join(str(folder), name),
-                     dict(zip(keys, (rows, labels, 'batch %d' % k))), protocol)
+        keys = (
+            (b'data', b'labels', b'batch_label')
+            if bytes_keys
+            else ('data', 'labels', 'batch_label')
+        )
+        write_pickle(
+            os.path.join(str(folder), name),
+            dict(zip(keys, (rows, labels, 'batch %d' % k))),
+            protocol,
+        )
         written[name] = (rows, labels)
     return written
 
@@ -60,9 +68,15 @@ def write_cifar100(folder, n=4):
     for k, name in enumerate(cifar100.FILES):
         rows = cifar_rows(n, seed=10 + k)
         fine = [99 - k - i for i in range(n)]
-        write_pickle(os.path.join(str(folder), name),
-                     {'data': rows, 'fine_labels': fine, 'coarse_labels': [i % 20 for i in fine],
-                      'filenames': ['f%d.png' % i for i in range(n)]})
+        write_pickle(
+            os.path.join(str(folder), name),
+            {
+                'data': rows,
+                'fine_labels': fine,
+                'coarse_labels': [i % 20 for i in fine],
+                'filenames': ['f%d.png' % i for i in range(n)],
+            },
+        )
         written[name] = (rows, fine)
     return written
 
@@ -92,8 +106,12 @@ def write_fashion(folder, n_train=6, n_test=4, gz=True):
     return arrays
 
 
-WRITERS = {'cifar10': write_cifar10, 'cifar100': write_cifar100, 'svhn': write_svhn,
-           'fashion_mnist': write_fashion}
+WRITERS = {
+    'cifar10': write_cifar10,
+    'cifar100': write_cifar100,
+    'svhn': write_svhn,
+    'fashion_mnist': write_fashion,
+}
 NAMES = sorted(WRITERS)
 
 
@@ -114,6 +132,7 @@ def scaled(uint8_images):
 
 
 # ----------------------------------------------------------- good files load
+
 
 def test_cifar10_round_trip(tmp_path):
     written = write_cifar10(tmp_path)
@@ -151,8 +170,11 @@ def test_cifar10_bytes_keys(tmp_path):
 def test_cifar10_any_pickle_protocol(tmp_path, protocol):
     written = write_cifar10(tmp_path, protocol=protocol)
     labels = np.array(written['test_batch'][1], np.int64)  # numpy scalars in the list too
-    write_pickle(tmp_path / 'test_batch', {'data': written['test_batch'][0], 'labels': list(labels)},
-                 protocol)
+    write_pickle(
+        tmp_path / 'test_batch',
+        {'data': written['test_batch'][0], 'labels': list(labels)},
+        protocol,
+    )
     _, (xt, yt) = cifar10.load_data(str(tmp_path))
     assert yt.tolist() == labels.tolist() and xt.shape == (3, 32, 32, 3)
 
@@ -182,8 +204,9 @@ def test_svhn_round_trip_and_ten_means_zero(tmp_path):
 def test_svhn_double_labels_and_compressed_mat(tmp_path):
     x = np.full((32, 32, 3, 2), 255, np.uint8)
     for name in svhn.FILES:
-        scipy.io.savemat(str(tmp_path / name), {'X': x, 'y': np.array([[10.0], [3.0]])},
-                         do_compression=True)
+        scipy.io.savemat(
+            str(tmp_path / name), {'X': x, 'y': np.array([[10.0], [3.0]])}, do_compression=True
+        )
     (xs, ys), _ = svhn.load_data(str(tmp_path))
     assert ys.tolist() == [0, 3] and np.all(xs == 1)
 
@@ -213,6 +236,7 @@ def test_real_debian_fashion_mnist():
 
 # ------------------------------------------------------------------ registry
 
+
 def test_registry_entries():
     assert sorted(dataset.DATASETS) == ['cifar10', 'cifar100', 'fashion_mnist', 'folder', 'svhn']
     for name, info in dataset.DATASETS.items():
@@ -229,19 +253,36 @@ def test_registry_entries():
     assert dataset.get('cifar100').class_names[-1] == 'worm'
     assert dataset.get('svhn').class_names == tuple('0123456789')
     assert dataset.get('fashion_mnist').class_names == (
-        'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker',
-        'Bag', 'Ankle boot')
-    flags = {n: (i.zca, i.hflip, i.sesemi_epochs, i.shape[2]) for n, i in dataset.DATASETS.items()
-             if n != 'folder'}
-    assert flags == {'cifar10': (True, True, 50, 3), 'cifar100': (True, True, 50, 3),
-                     'svhn': (False, False, 30, 3), 'fashion_mnist': (False, True, 30, 1)}
+        'T-shirt/top',
+        'Trouser',
+        'Pullover',
+        'Dress',
+        'Coat',
+        'Sandal',
+        'Shirt',
+        'Sneaker',
+        'Bag',
+        'Ankle boot',
+    )
+    flags = {
+        n: (i.zca, i.hflip, i.sesemi_epochs, i.shape[2])
+        for n, i in dataset.DATASETS.items()
+        if n != 'folder'
+    }
+    assert flags == {
+        'cifar10': (True, True, 50, 3),
+        'cifar100': (True, True, 50, 3),
+        'svhn': (False, False, 30, 3),
+        'fashion_mnist': (False, True, 30, 1),
+    }
     assert dataset.get('fashion_mnist').default_dir == DEBIAN_FASHION
     assert dataset.ASL_EPOCHS == 300
 
 
 def test_unknown_dataset_lists_known_names():
-    message = usage_error(lambda: dataset.get('mnist'), "'mnist'", 'cifar10', 'cifar100',
-                          'svhn', 'fashion_mnist')
+    message = usage_error(
+        lambda: dataset.get('mnist'), "'mnist'", 'cifar10', 'cifar100', 'svhn', 'fashion_mnist'
+    )
     assert message == usage_error(lambda: dataset.load('mnist'))
 
 
@@ -267,22 +308,28 @@ def test_doc_names_every_file_and_flag():
 
 
 def test_no_tensorflow_import():
-    code = ("import sys, utils; before = 'tensorflow' in sys.modules; import dataset; "
-            "sys.exit(('tensorflow' in sys.modules) != before)")
+    code = (
+        "import sys, utils; before = 'tensorflow' in sys.modules; import dataset; "
+        "sys.exit(('tensorflow' in sys.modules) != before)"
+    )
     assert subprocess.call([sys.executable, '-c', code], cwd=ROOT) == 0
 
 
 # ---------------------------------------------------- bad input, every loader
 
+
 @pytest.mark.parametrize('name', NAMES)
 def test_missing_folder(tmp_path, name):
     folder = str(tmp_path / 'nowhere')
-    usage_error(lambda: dataset.load(name, folder), folder, 'does not exist',
-                "'%s'" % dataset.get(name).files[0])
+    usage_error(
+        lambda: dataset.load(name, folder),
+        folder,
+        'does not exist',
+        "'%s'" % dataset.get(name).files[0],
+    )
 
 
-@pytest.mark.parametrize('name,file_name',
-                         [(n, f) for n in NAMES for f in dataset.get(n).files])
+@pytest.mark.parametrize('name,file_name', [(n, f) for n in NAMES for f in dataset.get(n).files])
 def test_missing_file(tmp_path, name, file_name):
     WRITERS[name](tmp_path)
     os.remove(str(tmp_path / file_name))
@@ -302,7 +349,7 @@ def _truncate(path):
     with open(path, 'rb') as f:
         raw = f.read()
     with open(path, 'wb') as f:
-        f.write(raw[:len(raw) // 2])
+        f.write(raw[: len(raw) // 2])
 
 
 def _garbage(path):
@@ -315,14 +362,16 @@ def _empty(path):
 
 
 @pytest.mark.parametrize('damage', [_truncate, _garbage, _empty])
-@pytest.mark.parametrize('name,file_name',
-                         [(n, f) for n in NAMES for f in dataset.get(n).files])
+@pytest.mark.parametrize('name,file_name', [(n, f) for n in NAMES for f in dataset.get(n).files])
 def test_damaged_file(tmp_path, name, file_name, damage):
     WRITERS[name](tmp_path)
     path = str(tmp_path / file_name)
     damage(path)
-    usage_error(lambda: dataset.load(name, str(tmp_path)), "file '%s'" % path,
-                'truncated or not in the expected format')
+    usage_error(
+        lambda: dataset.load(name, str(tmp_path)),
+        "file '%s'" % path,
+        'truncated or not in the expected format',
+    )
 
 
 def test_unreadable_file_is_not_called_corrupt(tmp_path):
@@ -330,8 +379,11 @@ def test_unreadable_file_is_not_called_corrupt(tmp_path):
         raise PermissionError(13, 'Permission denied', path)
 
     path = str(tmp_path / 'test_batch')
-    message = usage_error(lambda: dataset.read_file(path, reader, 'CIFAR-10'), path,
-                          'cannot be read (Permission denied)')
+    message = usage_error(
+        lambda: dataset.read_file(path, reader, 'CIFAR-10'),
+        path,
+        'cannot be read (Permission denied)',
+    )
     assert 'truncated' not in message
 
 
@@ -356,15 +408,21 @@ def test_cifar_wrong_content(tmp_path, content, reason):
     usage_error(lambda: cifar10.load_data(str(tmp_path)), 'data_batch_4', reason)
 
 
-@pytest.mark.parametrize('labels,fragment', [([0, 10], 'label 10 outside [0, 10)'),
-                                             ([-1, 3], 'label -1 outside [0, 10)'),
-                                             ([0, 1, 2], '2 images but 3 labels'),
-                                             ([0], '2 images but 1 labels')])
+@pytest.mark.parametrize(
+    'labels,fragment',
+    [
+        ([0, 10], 'label 10 outside [0, 10)'),
+        ([-1, 3], 'label -1 outside [0, 10)'),
+        ([0, 1, 2], '2 images but 3 labels'),
+        ([0], '2 images but 1 labels'),
+    ],
+)
 def test_cifar10_bad_labels(tmp_path, labels, fragment):
     write_cifar10(tmp_path)
     write_pickle(tmp_path / 'test_batch', {'data': cifar_rows(2, 0), 'labels': labels})
-    usage_error(lambda: cifar10.load_data(str(tmp_path)), "file '%s'" % (tmp_path / 'test_batch'),
-                fragment)
+    usage_error(
+        lambda: cifar10.load_data(str(tmp_path)), "file '%s'" % (tmp_path / 'test_batch'), fragment
+    )
 
 
 def test_cifar_no_images(tmp_path):
@@ -396,18 +454,32 @@ def test_cifar_pickle_cannot_run_code(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------- SVHN contents
 
-@pytest.mark.parametrize('variables,reason', [
-    ({'X': np.zeros((28, 28, 3, 2), np.uint8), 'y': np.ones((2, 1), np.uint8)}, 'uint8 28x28x3x2'),
-    ({'X': np.zeros((2, 32, 32, 3), np.uint8), 'y': np.ones((2, 1), np.uint8)}, 'expected uint8 32x32x3xN'),
-    ({'X': np.zeros((32, 32, 3, 2)), 'y': np.ones((2, 1), np.uint8)}, "'X' is float64"),
-    ({'X': np.zeros((32, 32, 3, 2), np.uint8)}, "no variable 'y'"),
-    ({'y': np.ones((2, 1), np.uint8)}, "no variable 'X'"),
-    ({'X': np.zeros((32, 32, 3, 2), np.uint8), 'y': np.array([[1.5], [2.0]])}, 'not integers'),
-    ({'X': np.zeros((32, 32, 3, 2), np.uint8), 'y': np.ones((2, 1), np.uint8)[:1]},
-     '2 images but 1 labels'),
-    ({'X': np.zeros((32, 32, 3, 2), np.uint8), 'y': np.array([[3], [11]], np.uint8)},
-     'label 11 outside [0, 10)'),
-])
+
+@pytest.mark.parametrize(
+    'variables,reason',
+    [
+        (
+            {'X': np.zeros((28, 28, 3, 2), np.uint8), 'y': np.ones((2, 1), np.uint8)},
+            'uint8 28x28x3x2',
+        ),
+        (
+            {'X': np.zeros((2, 32, 32, 3), np.uint8), 'y': np.ones((2, 1), np.uint8)},
+            'expected uint8 32x32x3xN',
+        ),
+        ({'X': np.zeros((32, 32, 3, 2)), 'y': np.ones((2, 1), np.uint8)}, "'X' is float64"),
+        ({'X': np.zeros((32, 32, 3, 2), np.uint8)}, "no variable 'y'"),
+        ({'y': np.ones((2, 1), np.uint8)}, "no variable 'X'"),
+        ({'X': np.zeros((32, 32, 3, 2), np.uint8), 'y': np.array([[1.5], [2.0]])}, 'not integers'),
+        (
+            {'X': np.zeros((32, 32, 3, 2), np.uint8), 'y': np.ones((2, 1), np.uint8)[:1]},
+            '2 images but 1 labels',
+        ),
+        (
+            {'X': np.zeros((32, 32, 3, 2), np.uint8), 'y': np.array([[3], [11]], np.uint8)},
+            'label 11 outside [0, 10)',
+        ),
+    ],
+)
 def test_svhn_wrong_content(tmp_path, variables, reason):
     write_svhn(tmp_path)
     scipy.io.savemat(str(tmp_path / 'test_32x32.mat'), variables)
@@ -425,21 +497,39 @@ def test_svhn_truncated_compressed_mat(tmp_path):
 
 # ---------------------------------------------------- Fashion-MNIST contents
 
+
 def _images(n=6, size=(28, 28)):
     return np.ones((n,) + size, np.uint8)
 
 
-@pytest.mark.parametrize('file_name,raw,reason', [
-    ('train-images-idx3-ubyte.gz', idx_bytes(_images(), magic=0x801), 'magic number 0x00000801'),
-    ('train-labels-idx1-ubyte.gz', idx_bytes(np.zeros(6, np.uint8), magic=0x803),
-     'magic number 0x00000803'),
-    ('train-images-idx3-ubyte.gz', idx_bytes(_images()) + b'\x00', '4705 bytes of data'),
-    ('train-images-idx3-ubyte.gz', idx_bytes(_images())[:-1], '4703 bytes of data'),
-    ('t10k-labels-idx1-ubyte.gz', idx_bytes(np.zeros(4, np.uint8))[:6], 'shorter than the IDX header'),
-    ('train-images-idx3-ubyte.gz', idx_bytes(_images(size=(27, 28))), '27x28, expected 28x28'),
-    ('train-images-idx3-ubyte.gz', struct.pack('>IIII', 0x803, 2 ** 31, 2 ** 31, 28),
-     'the header (2147483648x2147483648x28)'),
-])
+@pytest.mark.parametrize(
+    'file_name,raw,reason',
+    [
+        (
+            'train-images-idx3-ubyte.gz',
+            idx_bytes(_images(), magic=0x801),
+            'magic number 0x00000801',
+        ),
+        (
+            'train-labels-idx1-ubyte.gz',
+            idx_bytes(np.zeros(6, np.uint8), magic=0x803),
+            'magic number 0x00000803',
+        ),
+        ('train-images-idx3-ubyte.gz', idx_bytes(_images()) + b'\x00', '4705 bytes of data'),
+        ('train-images-idx3-ubyte.gz', idx_bytes(_images())[:-1], '4703 bytes of data'),
+        (
+            't10k-labels-idx1-ubyte.gz',
+            idx_bytes(np.zeros(4, np.uint8))[:6],
+            'shorter than the IDX header',
+        ),
+        ('train-images-idx3-ubyte.gz', idx_bytes(_images(size=(27, 28))), '27x28, expected 28x28'),
+        (
+            'train-images-idx3-ubyte.gz',
+            struct.pack('>IIII', 0x803, 2**31, 2**31, 28),
+            'the header (2147483648x2147483648x28)',
+        ),
+    ],
+)
 def test_fashion_bad_idx(tmp_path, file_name, raw, reason):
     write_fashion(tmp_path)
     write_bytes(tmp_path / file_name, raw)
@@ -449,16 +539,25 @@ def test_fashion_bad_idx(tmp_path, file_name, raw, reason):
 def test_fashion_count_mismatch_names_both_files(tmp_path):
     write_fashion(tmp_path)
     write_bytes(tmp_path / 't10k-labels-idx1-ubyte.gz', idx_bytes(np.zeros(3, np.uint8)))
-    usage_error(lambda: fashion_mnist.load_data(str(tmp_path)), 't10k-images-idx3-ubyte.gz',
-                't10k-labels-idx1-ubyte.gz', '4 images but 3 labels')
+    usage_error(
+        lambda: fashion_mnist.load_data(str(tmp_path)),
+        't10k-images-idx3-ubyte.gz',
+        't10k-labels-idx1-ubyte.gz',
+        '4 images but 3 labels',
+    )
 
 
 def test_fashion_label_out_of_range(tmp_path):
     write_fashion(tmp_path)
-    write_bytes(tmp_path / 'train-labels-idx1-ubyte.gz',
-                idx_bytes(np.array([0, 1, 2, 3, 10, 255], np.uint8)))
-    usage_error(lambda: fashion_mnist.load_data(str(tmp_path)), 'train-labels-idx1-ubyte.gz',
-                'label 10 outside [0, 10) (2 such labels)')
+    write_bytes(
+        tmp_path / 'train-labels-idx1-ubyte.gz',
+        idx_bytes(np.array([0, 1, 2, 3, 10, 255], np.uint8)),
+    )
+    usage_error(
+        lambda: fashion_mnist.load_data(str(tmp_path)),
+        'train-labels-idx1-ubyte.gz',
+        'label 10 outside [0, 10) (2 such labels)',
+    )
 
 
 def test_fashion_corrupt_deflate_stream(tmp_path):
@@ -468,12 +567,18 @@ def test_fashion_corrupt_deflate_stream(tmp_path):
     for i in range(20, len(raw) - 8):
         raw[i] ^= 0x5A
     path.write_bytes(bytes(raw))
-    usage_error(lambda: fashion_mnist.load_data(str(tmp_path)), 'train-images-idx3-ubyte.gz',
-                'truncated or not in the expected format')
+    usage_error(
+        lambda: fashion_mnist.load_data(str(tmp_path)),
+        'train-images-idx3-ubyte.gz',
+        'truncated or not in the expected format',
+    )
 
 
 def test_fashion_plain_file_under_gz_name(tmp_path):
     write_fashion(tmp_path)
     (tmp_path / 'train-labels-idx1-ubyte.gz').write_bytes(idx_bytes(np.zeros(6, np.uint8)))
-    usage_error(lambda: fashion_mnist.load_data(str(tmp_path)), 'train-labels-idx1-ubyte.gz',
-                'truncated or not in the expected format')
+    usage_error(
+        lambda: fashion_mnist.load_data(str(tmp_path)),
+        'train-labels-idx1-ubyte.gz',
+        'truncated or not in the expected format',
+    )

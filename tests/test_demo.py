@@ -12,8 +12,22 @@ import demo
 def test_demo_trains_both_modes_and_reports_them(tiny_fashion, tmp_path, capsys):
     pytest.importorskip('matplotlib')  # installed for TF 2.x only, like the demo itself
     result = str(tmp_path / 'demo')
-    argv = ['--dataset', tiny_fashion, '--labels', '20', '--mode', 'asl', '--steps', '4',
-            '--width', '0.0625', '--evaluations', '2', '--result', result]
+    argv = [
+        '--dataset',
+        tiny_fashion,
+        '--labels',
+        '20',
+        '--mode',
+        'asl',
+        '--steps',
+        '4',
+        '--width',
+        '0.0625',
+        '--evaluations',
+        '2',
+        '--result',
+        result,
+    ]
     assert demo.main(argv) == 0
     out = capsys.readouterr().out
 
@@ -53,27 +67,41 @@ def test_demo_without_fashion_mnist_says_what_to_install(tmp_path):
 
 
 def table_cell(low, high):
-    return {'width': 0.25, 'labels': 250, 'mode': 'sesemi', 'budget': 750, 'seeds': [0, 1, 2],
-            'supervised': [30.0, 31.0, 32.0], 'self': [29.0, 30.5, 33.0], 'gain_mean': 0.17,
-            'gain_se': 0.6, 'gain_ci95': [low, high]}
+    return {
+        'width': 0.25,
+        'labels': 250,
+        'mode': 'sesemi',
+        'budget': 750,
+        'seeds': [0, 1, 2],
+        'supervised': [30.0, 31.0, 32.0],
+        'self': [29.0, 30.5, 33.0],
+        'gain_mean': 0.17,
+        'gain_se': 0.6,
+        'gain_ci95': [low, high],
+    }
 
 
-@pytest.mark.parametrize('interval,verdict', [
-    ((-2.4, 2.7), 'the gain is not shown'),
-    ((0.3, 2.7), 'SESEMI beats the baseline'),
-    ((-2.7, -0.3), 'the baseline beats SESEMI'),
-])
+@pytest.mark.parametrize(
+    'interval,verdict',
+    [
+        ((-2.4, 2.7), 'the gain is not shown'),
+        ((0.3, 2.7), 'SESEMI beats the baseline'),
+        ((-2.7, -0.3), 'the baseline beats SESEMI'),
+    ],
+)
 def test_demo_quotes_the_measured_table_for_its_setting(tmp_path, interval, verdict):
     path = str(tmp_path / 'table.json')
     with open(path, 'w') as f:
         json.dump({'cells': [table_cell(*interval)]}, f)
-    args = demo.parse_args(['--labels', '250', '--mode', 'sesemi', '--width', '0.25',
-                            '--steps', '750'])
+    args = demo.parse_args(
+        ['--labels', '250', '--mode', 'sesemi', '--width', '0.25', '--steps', '750']
+    )
     text = demo.measured(args, path)
     assert verdict in text
     assert 'seeds 0,1,2' in text and 'supervised 31.00 %' in text and 'sesemi 30.83 %' in text
     assert 'seed spread 29.00-33.00 %' in text and '[%+.2f, %+.2f]' % interval in text
-    other = demo.parse_args(['--labels', '250', '--mode', 'sesemi', '--width', '0.25',
-                             '--steps', '700'])
+    other = demo.parse_args(
+        ['--labels', '250', '--mode', 'sesemi', '--width', '0.25', '--steps', '700']
+    )
     assert 'not in the measured table' in demo.measured(other, path)
     assert 'not in the measured table' in demo.measured(args, str(tmp_path / 'missing.json'))

@@ -18,12 +18,20 @@ from conftest import ROOT, expect_usage_error, stub_adapter_tf1, write_fashion_m
 from utils import UsageError
 
 # 40 training images, 20 labeled: 10 steps per epoch (asl), 4 steps in all.
-TINY = ['--data=fashion_mnist', '--network=convnet', '--width=0.0625', '--labels=20',
-        '--batch_size=2', '--epochs=1', '--max_steps=4']
+TINY = [
+    '--data=fashion_mnist',
+    '--network=convnet',
+    '--width=0.0625',
+    '--labels=20',
+    '--batch_size=2',
+    '--epochs=1',
+    '--max_steps=4',
+]
 
 
 def tf_generation() -> int:
     from compat import TF1
+
     return 1 if TF1 else 2
 
 
@@ -34,10 +42,25 @@ def only_on(generation: int) -> None:
 
 def run_cli(data, result, *extra):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    command = [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py'), '--dataset=' + data,
-               '--result=' + result] + TINY + list(extra)
-    return subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=600)
+    command = (
+        [
+            sys.executable,
+            os.path.join(ROOT, 'train_evaluate_asl2.py'),
+            '--dataset=' + data,
+            '--result=' + result,
+        ]
+        + TINY
+        + list(extra)
+    )
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
 
 
 # The end-to-end runs of this file, longest first. Most of their time is
@@ -46,8 +69,12 @@ RUNS = {
     'data_dump': ['--data_dump_flag=True', '--data_dump_step=0|2'],
     # Mixed precision needs two epochs to show that the loss goes down; profiling
     # (steps 1-3) rides along, which also shows that the aids work with it.
-    'mixed_profiling': ['--precision_mode=allow_mix_precision', '--epochs=2', '--max_steps=20',
-                        '--profiling=True'],
+    'mixed_profiling': [
+        '--precision_mode=allow_mix_precision',
+        '--epochs=2',
+        '--max_steps=20',
+        '--profiling=True',
+    ],
     'overflow': ['--over_dump=True', '--base_lr=1e30'],
     'npu_dry_run': ['--device=npu', '--dry_run', '--over_dump=True'],
 }
@@ -60,8 +87,10 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp('device')
     data = write_fashion_mnist(str(base / 'fashion'))
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        started = {name: (pool.submit(run_cli, data, str(base / name), *flags), str(base / name))
-                   for name, flags in RUNS.items()}
+        started = {
+            name: (pool.submit(run_cli, data, str(base / name), *flags), str(base / name))
+            for name, flags in RUNS.items()
+        }
         yield started
         for future, _ in started.values():  # when only some tests ran
             future.cancel()
@@ -86,15 +115,25 @@ def read_json(path):
 
 def npu_cfg(**changes):
     """A resolved configuration as configure() sees it, NPU defaults, no dumps."""
-    cfg = {'device': 'npu', 'precision_mode': '', 'over_dump': False, 'data_dump_flag': False,
-           'profiling': False, 'data_dump_step': '10', 'over_dump_path': '/r/overflow_dump',
-           'data_dump_path': '/r/data_dump', 'profiling_path': '/r/profiling', 'dry_run': False,
-           'deterministic': False}
+    cfg = {
+        'device': 'npu',
+        'precision_mode': '',
+        'over_dump': False,
+        'data_dump_flag': False,
+        'profiling': False,
+        'data_dump_step': '10',
+        'over_dump_path': '/r/overflow_dump',
+        'data_dump_path': '/r/data_dump',
+        'profiling_path': '/r/profiling',
+        'dry_run': False,
+        'deterministic': False,
+    }
     cfg.update(changes)
     return cfg
 
 
 # ------------------------------------------------------------------ flags
+
 
 def test_defaults_resolve_the_folders_under_result(tmp_path):
     result = str(tmp_path / 'r')
@@ -109,26 +148,32 @@ def test_defaults_resolve_the_folders_under_result(tmp_path):
 
 def test_enabled_aid_gets_its_folder(tmp_path):
     folder = str(tmp_path / 'prof' / 'here')
-    cfg = entry.parse_config(['x', '--result=' + str(tmp_path / 'r'), '--profiling',
-                              '--profiling_path=' + folder])
+    cfg = entry.parse_config(
+        ['x', '--result=' + str(tmp_path / 'r'), '--profiling', '--profiling_path=' + folder]
+    )
     assert cfg['profiling_path'] == folder and os.path.isdir(folder)
 
 
-@pytest.mark.parametrize('text,steps', [('0|5|10', [0, 5, 10]), ('0|3-5|10', [0, 3, 4, 5, 10]),
-                                        (' 2 | 2 ', [2]), ('7-7', [7])])
+@pytest.mark.parametrize(
+    'text,steps',
+    [('0|5|10', [0, 5, 10]), ('0|3-5|10', [0, 3, 4, 5, 10]), (' 2 | 2 ', [2]), ('7-7', [7])],
+)
 def test_parse_dump_steps(text, steps):
     assert device.parse_dump_steps(text) == steps
 
 
-@pytest.mark.parametrize('argv,words', [
-    (['--precision_mode=fp8'], ['fp8', 'allow_mix_precision', 'must_keep_origin_dtype']),
-    (['--over_dump', '--data_dump_flag'], ['--over_dump', '--data_dump_flag']),
-    (['--data_dump_step=0|x'], ['--data_dump_step', '0|3-5|10']),
-    (['--data_dump_step=5-3'], ['--data_dump_step']),
-    (['--data_dump_step='], ['--data_dump_step']),
-    (['--device=tpu'], ['device', 'tpu']),
-    (['--device=npu'], ['--device=npu', 'npu_bridge', 'npu_device']),
-])
+@pytest.mark.parametrize(
+    'argv,words',
+    [
+        (['--precision_mode=fp8'], ['fp8', 'allow_mix_precision', 'must_keep_origin_dtype']),
+        (['--over_dump', '--data_dump_flag'], ['--over_dump', '--data_dump_flag']),
+        (['--data_dump_step=0|x'], ['--data_dump_step', '0|3-5|10']),
+        (['--data_dump_step=5-3'], ['--data_dump_step']),
+        (['--data_dump_step='], ['--data_dump_step']),
+        (['--device=tpu'], ['device', 'tpu']),
+        (['--device=npu'], ['--device=npu', 'npu_bridge', 'npu_device']),
+    ],
+)
 def test_bad_device_flags(capsys, tmp_path, argv, words):
     expect_usage_error(capsys, ['--result=' + str(tmp_path / 'r')] + argv, *words)
 
@@ -138,19 +183,41 @@ def test_dump_folder_that_cannot_be_made(capsys, tmp_path):
     blocker.write_text('not a folder')
     for flag in ('over_dump', 'data_dump', 'profiling'):
         switch = '--data_dump_flag' if flag == 'data_dump' else '--' + flag
-        expect_usage_error(capsys, ['--result=' + str(tmp_path / 'r'), switch,
-                                    '--%s_path=%s' % (flag, blocker / 'x')], flag + '_path', 'writable')
+        expect_usage_error(
+            capsys,
+            ['--result=' + str(tmp_path / 'r'), switch, '--%s_path=%s' % (flag, blocker / 'x')],
+            flag + '_path',
+            'writable',
+        )
     # A dry run writes nothing but checks the same.
-    expect_usage_error(capsys, ['--result=' + str(tmp_path / 'r'), '--dry_run', '--profiling',
-                                '--profiling_path=' + str(blocker / 'x')], 'profiling_path')
+    expect_usage_error(
+        capsys,
+        [
+            '--result=' + str(tmp_path / 'r'),
+            '--dry_run',
+            '--profiling',
+            '--profiling_path=' + str(blocker / 'x'),
+        ],
+        'profiling_path',
+    )
 
 
 def test_cli_reports_bad_device_flag_in_one_line(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py'),
-                           '--result=' + str(tmp_path / 'r'), '--precision_mode=half'], cwd=ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, 'train_evaluate_asl2.py'),
+            '--result=' + str(tmp_path / 'r'),
+            '--precision_mode=half',
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count('\n') == 1
     assert proc.stderr.startswith('error: unknown --precision_mode=half')
@@ -165,16 +232,23 @@ def test_npu_without_adapter_stops_before_training(tiny_fashion, tmp_path):
 
 # ------------------------------------------------------------- precision
 
-@pytest.mark.parametrize('device_name,mode,tf1,expected', [
-    ('cpu', '', False, 'float32'), ('cpu', 'allow_mix_precision', False, 'mixed_bfloat16'),
-    ('cpu', 'force_fp16', False, 'mixed_bfloat16'), ('cpu', 'force_fp32', False, 'float32'),
-    ('cpu', 'must_keep_origin_dtype', False, 'float32'),
-    ('gpu', 'allow_fp32_to_fp16', False, 'mixed_float16'),
-    ('cpu', 'allow_mix_precision', True, 'float32'),
-    ('gpu', 'allow_mix_precision', True, 'mixed_float16'),
-    ('gpu', 'cube_fp16in_fp32out', True, 'float32'), ('npu', '', True, 'allow_fp32_to_fp16'),
-    ('npu', 'force_fp32', False, 'force_fp32'),
-])
+
+@pytest.mark.parametrize(
+    'device_name,mode,tf1,expected',
+    [
+        ('cpu', '', False, 'float32'),
+        ('cpu', 'allow_mix_precision', False, 'mixed_bfloat16'),
+        ('cpu', 'force_fp16', False, 'mixed_bfloat16'),
+        ('cpu', 'force_fp32', False, 'float32'),
+        ('cpu', 'must_keep_origin_dtype', False, 'float32'),
+        ('gpu', 'allow_fp32_to_fp16', False, 'mixed_float16'),
+        ('cpu', 'allow_mix_precision', True, 'float32'),
+        ('gpu', 'allow_mix_precision', True, 'mixed_float16'),
+        ('gpu', 'cube_fp16in_fp32out', True, 'float32'),
+        ('npu', '', True, 'allow_fp32_to_fp16'),
+        ('npu', 'force_fp32', False, 'force_fp32'),
+    ],
+)
 def test_resolve_precision(device_name, mode, tf1, expected):
     assert device.resolve_precision(device_name, mode, tf1) == expected
 
@@ -184,6 +258,7 @@ def test_emulated_bfloat16_is_honoured_with_one_warning(monkeypatch, capsys, nat
     if tf_generation() == 1:
         pytest.skip('TF 1.15 has no bfloat16 policy: allow_mix_precision trains in float32 on CPU')
     from compat import keras
+
     monkeypatch.setattr(device, 'bfloat16_is_native', lambda: native)
     cfg = npu_cfg(device='cpu', precision_mode='allow_mix_precision')
     try:
@@ -191,7 +266,9 @@ def test_emulated_bfloat16_is_honoured_with_one_warning(monkeypatch, capsys, nat
         assert keras.mixed_precision.global_policy().name == 'mixed_bfloat16'
     finally:
         keras.mixed_precision.set_global_policy('float32')
-    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
+    warnings = [
+        line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')
+    ]
     assert len(warnings) == (0 if native else 1)
     if warnings:
         assert 'bfloat16' in warnings[0] and 'emulated' in warnings[0]
@@ -225,6 +302,7 @@ def test_mixed_precision_on_cpu(runs):
 
 # ------------------------------------------------------ debugging on CPU
 
+
 def test_overflow_check_reports_the_op(runs):
     proc, result = finished(runs, 'overflow')
     assert proc.returncode == device.OVERFLOW_EXIT_CODE, proc.stderr[-3000:]
@@ -234,7 +312,7 @@ def test_overflow_check_reports_the_op(runs):
         report = f.read().splitlines()
     assert report[0].startswith('First Inf/NaN in training step ')
     step = int(report[0].split()[-1])
-    op_name, op_type = report[1][len('op: '):], report[2][len('op type: '):]
+    op_name, op_type = report[1][len('op: ') :], report[2][len('op type: ') :]
     assert op_name != 'unknown' and op_type != 'unknown'
     assert 'op %s (%s) at step %d' % (op_name, op_type, step) in errors[0]
     assert op_name in '\n'.join(report[3:])  # TensorFlow's own account names the same op
@@ -249,10 +327,13 @@ def test_data_dump_of_the_named_steps_only(runs):
     for step in ('step_0', 'step_2'):
         if tf_generation() == 1:  # tfdbg writes one core-metadata file per session run
             runs = glob.glob(os.path.join(folder, step, '_tfdbg_core_metadata_*'))
-            tensors = glob.glob(os.path.join(folder, step, '_tfdbg_device_*', '**', '*_DebugIdentity_*'),
-                                recursive=True)
+            tensors = glob.glob(
+                os.path.join(folder, step, '_tfdbg_device_*', '**', '*_DebugIdentity_*'),
+                recursive=True,
+            )
         else:
             from tensorflow.python.debug.lib import debug_events_reader
+
             with debug_events_reader.DebugDataReader(os.path.join(folder, step)) as reader:
                 reader.update()
                 runs = [e for e in reader.executions() if 'train_function' in e.op_type]
@@ -270,7 +351,9 @@ def test_profiling_leaves_a_trace(runs):
         assert len(traces) == 1 and os.path.getsize(traces[0]) > 10000
         return
     timelines = sorted(glob.glob(os.path.join(folder, 'timeline_step_*.json')))
-    assert [os.path.basename(t) for t in timelines] == ['timeline_step_%d.json' % s for s in (1, 2, 3)]
+    assert [os.path.basename(t) for t in timelines] == [
+        'timeline_step_%d.json' % s for s in (1, 2, 3)
+    ]
     events = read_json(timelines[0])['traceEvents']
     assert any('Conv2D' in str(e.get('args', {}).get('name', e.get('name'))) for e in events)
     assert glob.glob(os.path.join(folder, 'events.out.tfevents.*'))
@@ -278,20 +361,44 @@ def test_profiling_leaves_a_trace(runs):
 
 # ------------------------------------------------- Ascend adapter settings
 
-@pytest.mark.parametrize('changes,expected', [
-    ({}, {'precision_mode': ('s', b'allow_fp32_to_fp16')}),
-    ({'precision_mode': 'allow_mix_precision', 'data_dump_flag': True, 'data_dump_step': '0|3-5'},
-     {'precision_mode': ('s', b'allow_mix_precision'), 'enable_dump': ('b', True),
-      'dump_path': ('s', b'/r/data_dump'), 'dump_step': ('s', b'0|3-5'), 'dump_mode': ('s', b'output')}),
-    ({'precision_mode': 'must_keep_origin_dtype', 'over_dump': True},
-     {'precision_mode': ('s', b'must_keep_origin_dtype'), 'enable_dump_debug': ('b', True),
-      'dump_path': ('s', b'/r/overflow_dump'), 'dump_debug_mode': ('s', b'all')}),
-    ({'profiling': True},
-     {'precision_mode': ('s', b'allow_fp32_to_fp16'), 'profiling_mode': ('b', True)}),
-])
+
+@pytest.mark.parametrize(
+    'changes,expected',
+    [
+        ({}, {'precision_mode': ('s', b'allow_fp32_to_fp16')}),
+        (
+            {
+                'precision_mode': 'allow_mix_precision',
+                'data_dump_flag': True,
+                'data_dump_step': '0|3-5',
+            },
+            {
+                'precision_mode': ('s', b'allow_mix_precision'),
+                'enable_dump': ('b', True),
+                'dump_path': ('s', b'/r/data_dump'),
+                'dump_step': ('s', b'0|3-5'),
+                'dump_mode': ('s', b'output'),
+            },
+        ),
+        (
+            {'precision_mode': 'must_keep_origin_dtype', 'over_dump': True},
+            {
+                'precision_mode': ('s', b'must_keep_origin_dtype'),
+                'enable_dump_debug': ('b', True),
+                'dump_path': ('s', b'/r/overflow_dump'),
+                'dump_debug_mode': ('s', b'all'),
+            },
+        ),
+        (
+            {'profiling': True},
+            {'precision_mode': ('s', b'allow_fp32_to_fp16'), 'profiling_mode': ('b', True)},
+        ),
+    ],
+)
 def test_npu_session_config(changes, expected):
     only_on(1)
     from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
+
     config = device.npu_session_config(npu_cfg(**changes))
     rewrite = config.graph_options.rewrite_options
     assert rewrite.remapping == RewriterConfig.OFF
@@ -303,11 +410,19 @@ def test_npu_session_config(changes, expected):
         kind = params['profiling_options'].WhichOneof('value')
         options = json.loads(params['profiling_options'].s.decode())
         assert kind == 's' and options == {
-            'output': '/r/profiling', 'training_trace': 'on', 'task_trace': 'on', 'aicpu': 'on',
-            'fp_point': '', 'bp_point': '', 'aic_metrics': 'PipeUtilization'}
+            'output': '/r/profiling',
+            'training_trace': 'on',
+            'task_trace': 'on',
+            'aicpu': 'on',
+            'fp_point': '',
+            'bp_point': '',
+            'aic_metrics': 'PipeUtilization',
+        }
         expected['profiling_options'] = ('s', params['profiling_options'].s)
-    got = {key: (value.WhichOneof('value'), getattr(value, value.WhichOneof('value')))
-           for key, value in params.items()}
+    got = {
+        key: (value.WhichOneof('value'), getattr(value, value.WhichOneof('value')))
+        for key, value in params.items()
+    }
     assert got == expected
 
 
@@ -318,13 +433,22 @@ class FakeNpuDevice(types.ModuleType):
         super().__init__('npu_device')
         self.options = types.SimpleNamespace(
             precision_mode=None,
-            dump_config=types.SimpleNamespace(enable_dump=False, dump_path=None, dump_step=None,
-                                              dump_mode=None, enable_dump_debug=False,
-                                              dump_debug_mode=None),
-            profiling_config=types.SimpleNamespace(enable_profiling=False, profiling_options=None))
+            dump_config=types.SimpleNamespace(
+                enable_dump=False,
+                dump_path=None,
+                dump_step=None,
+                dump_mode=None,
+                enable_dump_debug=False,
+                dump_debug_mode=None,
+            ),
+            profiling_config=types.SimpleNamespace(enable_profiling=False, profiling_options=None),
+        )
         self.events = []
-        self.train = types.SimpleNamespace(optimizer=types.SimpleNamespace(
-            NpuLossScaleOptimizer=lambda opt, dynamic: ('scaled', opt, dynamic)))
+        self.train = types.SimpleNamespace(
+            optimizer=types.SimpleNamespace(
+                NpuLossScaleOptimizer=lambda opt, dynamic: ('scaled', opt, dynamic)
+            )
+        )
 
     def global_options(self):
         return self.options
@@ -338,12 +462,17 @@ def test_npu_device_options_through_configure(monkeypatch):
     only_on(2)
     npu = FakeNpuDevice()
     monkeypatch.setitem(sys.modules, 'npu_device', npu)
-    cfg = npu_cfg(device='auto', precision_mode='allow_mix_precision', over_dump=True, profiling=True)
+    cfg = npu_cfg(
+        device='auto', precision_mode='allow_mix_precision', over_dump=True, profiling=True
+    )
     assert device.configure(cfg) == {'device': 'npu', 'precision': 'allow_mix_precision'}
     assert npu.events == [('open', 'allow_mix_precision'), ('as_default',)]  # set, then opened
     dump, prof = npu.options.dump_config, npu.options.profiling_config
     assert (dump.enable_dump_debug, dump.dump_path, dump.dump_debug_mode) == (
-        True, '/r/overflow_dump', 'all')
+        True,
+        '/r/overflow_dump',
+        'all',
+    )
     assert not dump.enable_dump and dump.dump_step is None
     assert prof.enable_profiling and json.loads(prof.profiling_options)['output'] == '/r/profiling'
     cfg.update(device='npu', precision='allow_mix_precision')
@@ -357,7 +486,11 @@ def test_npu_data_dump_options_seam():
     dump = npu.options.dump_config
     assert npu.options.precision_mode == 'allow_fp32_to_fp16'
     assert (dump.enable_dump, dump.dump_path, dump.dump_step, dump.dump_mode) == (
-        True, '/r/data_dump', '0|5', 'output')
+        True,
+        '/r/data_dump',
+        '0|5',
+        'output',
+    )
     assert not dump.enable_dump_debug and not npu.options.profiling_config.enable_profiling
     assert npu.events == [('open', 'allow_fp32_to_fp16'), ('as_default',)]
 
@@ -367,6 +500,7 @@ def test_npu_loss_scaling_tf1_wraps_a_v1_optimizer(monkeypatch):
     import numpy as np
     from compat import K, keras, tf
     import utils
+
     made = {}
 
     def manager(**kwargs):
@@ -391,7 +525,9 @@ def test_npu_loss_scaling_tf1_wraps_a_v1_optimizer(monkeypatch):
         assert model.evaluate(x, y, verbose=0) < first
         assert K.get_value(model.optimizer.iterations) == 3
         momentum, manager_made = made['optimizer']
-        assert isinstance(momentum, tf.compat.v1.train.MomentumOptimizer) and manager_made == 'manager'
+        assert (
+            isinstance(momentum, tf.compat.v1.train.MomentumOptimizer) and manager_made == 'manager'
+        )
         assert momentum._use_nesterov and momentum._momentum == pytest.approx(0.9)
         # The learning rate follows the schedule on Keras' step counter: 0.1·(1 − 3/4) now.
         assert K.get_value(momentum._learning_rate()) == pytest.approx(0.025)
@@ -405,12 +541,19 @@ def test_npu_dry_run_prints_the_config_without_adapter(runs):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'Ascend adapter missing' in proc.stdout and 'Device: npu' in proc.stdout
     if tf_generation() == 1:
-        for text in ('name: "NpuOptimizer"', 'key: "use_off_line"', 'key: "enable_dump_debug"',
-                     's: "allow_fp32_to_fp16"'):
+        for text in (
+            'name: "NpuOptimizer"',
+            'key: "use_off_line"',
+            'key: "enable_dump_debug"',
+            's: "allow_fp32_to_fp16"',
+        ):
             assert text in proc.stdout
     else:
-        for text in ("precision_mode = 'allow_fp32_to_fp16'", 'dump_config.enable_dump_debug = True',
-                     "dump_config.dump_debug_mode = 'all'"):
+        for text in (
+            "precision_mode = 'allow_fp32_to_fp16'",
+            'dump_config.enable_dump_debug = True',
+            "dump_config.dump_debug_mode = 'all'",
+        ):
             assert text in proc.stdout
     assert not os.path.exists(result)
 
@@ -418,4 +561,5 @@ def test_npu_dry_run_prints_the_config_without_adapter(runs):
 def test_freed_memory_is_kept_on_glibc():
     import platform
     import compat
+
     assert compat.keep_freed_memory() == (platform.libc_ver()[0] == 'glibc')

@@ -23,14 +23,24 @@ from utils import UsageError
 # 40 training images, 20 labeled (asl pool = labeled): 5 steps per epoch at batch 4, 4 steps.
 # At the default --base_lr=0.05 this 1/16-width network amplifies the two runs' round-off
 # differences (about 1e-6 after two steps) to 1e-2 by the fourth step; at 0.005 much less.
-TINY = ['--data=fashion_mnist', '--network=convnet', '--width=0.0625', '--labels=20',
-        '--batch_size=4', '--epochs=1', '--max_steps=4', '--super_dropout=0', '--deterministic',
-        '--base_lr=0.005']
+TINY = [
+    '--data=fashion_mnist',
+    '--network=convnet',
+    '--width=0.0625',
+    '--labels=20',
+    '--batch_size=4',
+    '--epochs=1',
+    '--max_steps=4',
+    '--super_dropout=0',
+    '--deterministic',
+    '--base_lr=0.005',
+]
 MIRRORED = ['--distribute=mirrored', '--cpu_replicas=2']
 
 
 def tf1() -> bool:
     from compat import TF1
+
     return TF1
 
 
@@ -39,59 +49,96 @@ def run_cli(data, result, *extra, fault=None):
     env.pop(checkpoints.FAULT_ENV, None)
     if fault:
         env[checkpoints.FAULT_ENV] = fault
-    command = [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py'), '--dataset=' + data,
-               '--result=' + result] + TINY + list(extra)
-    return subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    command = (
+        [
+            sys.executable,
+            os.path.join(ROOT, 'train_evaluate_asl2.py'),
+            '--dataset=' + data,
+            '--result=' + result,
+        ]
+        + TINY
+        + list(extra)
+    )
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
 
 
 # ------------------------------------------------------------------ flags
 
-@pytest.mark.parametrize('argv,words', [
-    (['--distribute=npu'], ['--distribute=npu', '--device=npu']),
-    (['--distribute=mirrored', '--device=npu'], ['--distribute=npu']),
-    (['--cpu_replicas=2'], ['--cpu_replicas=2', '--distribute=mirrored']),
-    (['--distribute=mirrored', '--cpu_replicas=2', '--device=gpu'], ['--device=gpu']),
-    (['--sync_bn'], ['--sync_bn', '--distribute']),
-    (['--scale_batch'], ['--scale_batch', '--distribute']),
-    (['--distribute=mirrored', '--cpu_replicas=3', '--batch_size=16'],
-     ['--batch_size=16', '3 replicas', '--scale_batch']),
-    (['--distribute=mirrored', '--cpu_replicas=2', '--xla=on'], ['--xla=on', 'mirrored']),
-    (['--distribute=unknown'], ['--distribute']),
-])
+
+@pytest.mark.parametrize(
+    'argv,words',
+    [
+        (['--distribute=npu'], ['--distribute=npu', '--device=npu']),
+        (['--distribute=mirrored', '--device=npu'], ['--distribute=npu']),
+        (['--cpu_replicas=2'], ['--cpu_replicas=2', '--distribute=mirrored']),
+        (['--distribute=mirrored', '--cpu_replicas=2', '--device=gpu'], ['--device=gpu']),
+        (['--sync_bn'], ['--sync_bn', '--distribute']),
+        (['--scale_batch'], ['--scale_batch', '--distribute']),
+        (
+            ['--distribute=mirrored', '--cpu_replicas=3', '--batch_size=16'],
+            ['--batch_size=16', '3 replicas', '--scale_batch'],
+        ),
+        (['--distribute=mirrored', '--cpu_replicas=2', '--xla=on'], ['--xla=on', 'mirrored']),
+        (['--distribute=unknown'], ['--distribute']),
+    ],
+)
 def test_bad_distribute_flags(capsys, tiny_fashion, argv, words):
     if tf1() and '--distribute=mirrored' in argv and '--device=npu' not in argv:
         words = ['TensorFlow 2']  # refused first, whatever else is wrong
-    expect_usage_error(capsys, ['--data=fashion_mnist', '--dataset=' + tiny_fashion,
-                                '--labels=20', '--dry_run'] + argv, *words)
+    expect_usage_error(
+        capsys,
+        ['--data=fashion_mnist', '--dataset=' + tiny_fashion, '--labels=20', '--dry_run'] + argv,
+        *words,
+    )
 
 
 def test_multi_worker_needs_a_worker_tf_config(capsys, tiny_fashion, monkeypatch):
-    base = ['--data=fashion_mnist', '--dataset=' + tiny_fashion, '--labels=20', '--dry_run',
-            '--distribute=multi_worker']
+    base = [
+        '--data=fashion_mnist',
+        '--dataset=' + tiny_fashion,
+        '--labels=20',
+        '--dry_run',
+        '--distribute=multi_worker',
+    ]
     monkeypatch.delenv('TF_CONFIG', raising=False)
     if tf1():
         expect_usage_error(capsys, base, 'TensorFlow 2')
         return
     expect_usage_error(capsys, base, 'TF_CONFIG', 'none', 'test/train_multi_worker.sh')
-    for bad in ('not json',
-                '{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
-                '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
-                '{"cluster": {"worker": ["a:1"], "ps": ["b:2"]}, '
-                '"task": {"type": "worker", "index": 0}}'):
+    for bad in (
+        'not json',
+        '{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+        '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+        '{"cluster": {"worker": ["a:1"], "ps": ["b:2"]}, "task": {"type": "worker", "index": 0}}',
+    ):
         monkeypatch.setenv('TF_CONFIG', bad)
         expect_usage_error(capsys, base, 'TF_CONFIG')
     monkeypatch.setenv('TF_CONFIG', tf_config([1, 2, 3], 2))
     assert distribute.cluster_task() == (2, 3)
-    expect_usage_error(capsys, base + ['--device=cpu', '--batch_size=16'], '--batch_size=16',
-                       '3 replicas')
+    expect_usage_error(
+        capsys, base + ['--device=cpu', '--batch_size=16'], '--batch_size=16', '3 replicas'
+    )
     expect_usage_error(capsys, base + ['--xla=on'], '--xla=on', 'multi_worker')
     expect_usage_error(capsys, base + ['--cpu_replicas=2'], '--cpu_replicas=2')
 
 
 def test_npu_rank_environment(capsys, tiny_fashion, monkeypatch):
-    base = ['--data=fashion_mnist', '--dataset=' + tiny_fashion, '--labels=20', '--device=npu',
-            '--distribute=npu', '--dry_run']
+    base = [
+        '--data=fashion_mnist',
+        '--dataset=' + tiny_fashion,
+        '--labels=20',
+        '--device=npu',
+        '--distribute=npu',
+        '--dry_run',
+    ]
     monkeypatch.setenv('RANK_SIZE', '8')
     monkeypatch.setenv('RANK_ID', '8')
     expect_usage_error(capsys, base, 'RANK_ID', 'RANK_SIZE=8')
@@ -103,8 +150,13 @@ def test_npu_rank_environment(capsys, tiny_fashion, monkeypatch):
 def test_mirrored_and_sync_bn_are_refused_on_tf1(capsys, tiny_fashion):
     if not tf1():
         pytest.skip('TF 1.15 only')
-    expect_usage_error(capsys, ['--data=fashion_mnist', '--dataset=' + tiny_fashion, '--labels=20',
-                                '--dry_run'] + MIRRORED + ['--sync_bn'], 'TensorFlow 2')
+    expect_usage_error(
+        capsys,
+        ['--data=fashion_mnist', '--dataset=' + tiny_fashion, '--labels=20', '--dry_run']
+        + MIRRORED
+        + ['--sync_bn'],
+        'TensorFlow 2',
+    )
 
 
 def test_scaled_batch_and_learning_rate():
@@ -119,15 +171,18 @@ def test_resume_refuses_other_data_parallel_settings():
     with pytest.raises(UsageError, match='replicas 1.*--sync_bn=False'):
         checkpoints.check_resumable(saved, dict(saved, replicas=1, sync_bn=False))
     # A run saved before these settings existed ran on one device, per-device statistics.
-    checkpoints.check_resumable({'batch_size': 4}, {'batch_size': 4, 'replicas': 1,
-                                                    'sync_bn': False, 'scale_batch': False})
+    checkpoints.check_resumable(
+        {'batch_size': 4}, {'batch_size': 4, 'replicas': 1, 'sync_bn': False, 'scale_batch': False}
+    )
 
 
 # ------------------------------------------------------- mirrored, end to end
 
+
 def load_weights(path):
     """(weights, their names) of a model file."""
     from compat import K, keras
+
     K.clear_session()
     model = keras.models.load_model(path, compile=False)
     weights, names = model.get_weights(), [w.name for w in model.weights]
@@ -164,15 +219,20 @@ def mirrored_runs(tmp_path_factory):
     data = write_noise_fashion_mnist(str(base / 'fashion'))
     runs = {'single': [], 'sync': MIRRORED + ['--sync_bn'], 'per_replica': MIRRORED}
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        started = {name: pool.submit(run_cli, data, str(base / name), *flags)
-                   for name, flags in runs.items()}
+        started = {
+            name: pool.submit(run_cli, data, str(base / name), *flags)
+            for name, flags in runs.items()
+        }
         resumed = str(base / 'resumed')
-        killed = pool.submit(run_cli, data, resumed, '--ckpt_every_steps=2', '--sync_bn',
-                             *MIRRORED, fault='step:3').result()
+        killed = pool.submit(
+            run_cli, data, resumed, '--ckpt_every_steps=2', '--sync_bn', *MIRRORED, fault='step:3'
+        ).result()
         done = {name: (future.result(), str(base / name)) for name, future in started.items()}
     done['killed'] = (killed, resumed)
-    done['resumed'] = (run_cli(data, resumed, '--ckpt_every_steps=2', '--sync_bn', '--resume',
-                               *MIRRORED), resumed)
+    done['resumed'] = (
+        run_cli(data, resumed, '--ckpt_every_steps=2', '--sync_bn', '--resume', *MIRRORED),
+        resumed,
+    )
     return done
 
 
@@ -186,9 +246,11 @@ def test_mirrored_sync_bn_gives_the_single_device_weights(mirrored_runs):
     per_replica, _ = load_weights(os.path.join(mirrored_runs['per_replica'][1], 'model.h5'))
     sync_difference = differences(sync, names, single)
     per_replica_difference = differences(per_replica, names, single)
-    print('\nto one device after 4 steps (max relative; BatchNorm offsets, conv biases absolute): '
-          '--sync_bn %.3g; %.3g, %.3g. per-replica BatchNorm %.3g; %.3g, %.3g'
-          % (sync_difference + per_replica_difference))
+    print(
+        '\nto one device after 4 steps (max relative; BatchNorm offsets, conv biases absolute): '
+        '--sync_bn %.3g; %.3g, %.3g. per-replica BatchNorm %.3g; %.3g, %.3g'
+        % (sync_difference + per_replica_difference)
+    )
     relative, offsets, biases = sync_difference
     assert relative < 1e-3 and offsets < 1e-4 and biases < 1e-7
     # Per-replica statistics (12 labeled images, 12 proxy views per replica) train another model.
@@ -223,13 +285,19 @@ def test_mirrored_run_resumes_exactly(mirrored_runs):
 
 # ------------------------------------------------- multi_worker, end to end
 
+
 def tf_config(ports, index):
-    return json.dumps({'cluster': {'worker': ['127.0.0.1:%d' % p for p in ports]},
-                       'task': {'type': 'worker', 'index': index}})
+    return json.dumps(
+        {
+            'cluster': {'worker': ['127.0.0.1:%d' % p for p in ports]},
+            'task': {'type': 'worker', 'index': index},
+        }
+    )
 
 
 def free_ports(n):
     import socket
+
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
         s.bind(('127.0.0.1', 0))
@@ -250,11 +318,27 @@ def start_workers(data, result, *extra, fault=None, logs=None):
         if fault:
             env[checkpoints.FAULT_ENV] = fault
         log = open(os.path.join(logs, 'worker_%d.log' % index), 'w')
-        command = [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py'),
-                   '--dataset=' + data, '--result=' + result, '--distribute=multi_worker'
-                   ] + TINY + list(extra)
-        workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
-                                        stderr=subprocess.STDOUT, universal_newlines=True))
+        command = (
+            [
+                sys.executable,
+                os.path.join(ROOT, 'train_evaluate_asl2.py'),
+                '--dataset=' + data,
+                '--result=' + result,
+                '--distribute=multi_worker',
+            ]
+            + TINY
+            + list(extra)
+        )
+        workers.append(
+            subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                universal_newlines=True,
+            )
+        )
         log.close()
     return workers
 
@@ -271,15 +355,33 @@ def finish(workers, logs, timeout=300):
 
 def launch(data, result, logs, *extra, fault=None):
     """test/train_multi_worker.sh with 2 workers; (CompletedProcess, worker logs)."""
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES='', OUTPUT_ROOT=logs, PYTHON=sys.executable,
-               STOP_GRACE_SECONDS='10')
+    env = dict(
+        os.environ,
+        CUDA_VISIBLE_DEVICES='',
+        OUTPUT_ROOT=logs,
+        PYTHON=sys.executable,
+        STOP_GRACE_SECONDS='10',
+    )
     env.pop(checkpoints.FAULT_ENV, None)
     if fault:
         env[checkpoints.FAULT_ENV] = fault
-    proc = subprocess.run(['bash', os.path.join(ROOT, 'test', 'train_multi_worker.sh'),
-                           '--workers=2', '--dataset=' + data, '--result=' + result] + TINY
-                          + list(extra), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    proc = subprocess.run(
+        [
+            'bash',
+            os.path.join(ROOT, 'test', 'train_multi_worker.sh'),
+            '--workers=2',
+            '--dataset=' + data,
+            '--result=' + result,
+        ]
+        + TINY
+        + list(extra),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
     texts = []
     for index in range(2):
         with open(os.path.join(logs, 'multi_worker', 'worker_%d.log' % index)) as f:
@@ -317,19 +419,25 @@ def test_multi_worker_trains_checkpoints_and_resumes_after_a_killed_worker(multi
         final = json.load(f)
     assert (final['steps'], final['replicas'], final['distribute']) == (4, 2, 'multi_worker')
     assert sorted(os.listdir(os.path.join(whole, 'checkpoints'))) == [
-        'checkpoint', 'ckpt-2.data-00000-of-00001', 'ckpt-2.index',
-        'ckpt-4.data-00000-of-00001', 'ckpt-4.index']  # the other worker's copies are gone
+        'checkpoint',
+        'ckpt-2.data-00000-of-00001',
+        'ckpt-2.index',
+        'ckpt-4.data-00000-of-00001',
+        'ckpt-4.index',
+    ]  # the other worker's copies are gone
     assert len(checkpoints.read_metrics(os.path.join(whole, 'metrics.jsonl'))) == 1  # one writer
     assert 'the chief writes the results' in other
     # Worker 1 dies after step 3 (its step-2 checkpoint written): the launcher stops the job.
-    proc, (chief, other) = launch(data, killed, str(base / 'logs_killed'), '--ckpt_every_steps=2',
-                                  fault='step:3:1')
+    proc, (chief, other) = launch(
+        data, killed, str(base / 'logs_killed'), '--ckpt_every_steps=2', fault='step:3:1'
+    )
     assert proc.returncode != 0
     assert 'worker 1 failed' in proc.stderr and 'last lines of' in proc.stderr
     assert not os.path.exists(os.path.join(killed, 'result.json'))
     # Both workers again with --resume: on from step 2 to the planned 4.
-    proc, (chief, other) = launch(data, killed, str(base / 'logs_resumed'), '--ckpt_every_steps=2',
-                                  '--resume')
+    proc, (chief, other) = launch(
+        data, killed, str(base / 'logs_resumed'), '--ckpt_every_steps=2', '--resume'
+    )
     assert proc.returncode == 0, proc.stderr + chief[-3000:] + other[-3000:]
     for text in (chief, other):
         assert 'Resuming from %s at step 2' % os.path.join(killed, 'checkpoints', 'ckpt-2') in text
@@ -352,8 +460,9 @@ def test_multi_worker_dead_peer_stops_the_other_worker(multi_worker_data):
     data, base = multi_worker_data
     logs = str(base / 'logs_dead_peer')
     os.makedirs(logs)
-    workers = start_workers(data, str(base / 'dead_peer'), '--ckpt_every_steps=2',
-                            fault='step:3:1', logs=logs)
+    workers = start_workers(
+        data, str(base / 'dead_peer'), '--ckpt_every_steps=2', fault='step:3:1', logs=logs
+    )
     (chief_code, other_code), (chief, _) = finish(workers, logs, timeout=300)
     assert other_code == -signal.SIGKILL
     assert chief_code == distribute.EXIT_PEER_FAILED, chief[-3000:]
@@ -366,8 +475,9 @@ def test_multi_worker_sigterm_to_one_worker_stops_both_at_one_step(multi_worker_
     data, base = multi_worker_data
     logs, result = str(base / 'logs_term'), str(base / 'term')
     os.makedirs(logs)
-    workers = start_workers(data, result, '--epochs=40', '--max_steps=200',
-                            '--log_every_seconds=1', logs=logs)
+    workers = start_workers(
+        data, result, '--epochs=40', '--max_steps=200', '--log_every_seconds=1', logs=logs
+    )
     wait_for(os.path.join(logs, 'worker_1.log'), 'ETA')  # training
     workers[1].send_signal(signal.SIGTERM)
     codes, texts = finish(workers, logs)
@@ -380,12 +490,19 @@ def test_multi_worker_sigterm_to_one_worker_stops_both_at_one_step(multi_worker_
 
 # ------------------------------------------- Ascend HCCL, through stand-ins
 
+
 def npu_rank_cfg(monkeypatch, rank=3, size=8, **changes):
     """Rank 3 of 8, as test/train_full_8p.sh starts it; a resolved NPU configuration."""
     monkeypatch.setenv('RANK_ID', str(rank))
     monkeypatch.setenv('RANK_SIZE', str(size))
-    cfg = {'device': 'npu', 'distribute': 'npu', 'precision': 'allow_fp32_to_fp16',
-           'dry_run': False, 'batch_size': 16, 'scale_batch': False}
+    cfg = {
+        'device': 'npu',
+        'distribute': 'npu',
+        'precision': 'allow_fp32_to_fp16',
+        'dry_run': False,
+        'batch_size': 16,
+        'scale_batch': False,
+    }
     cfg.update(changes)
     return cfg
 
@@ -415,32 +532,38 @@ class FakeNpuDevice(types.ModuleType):
             self.calls.append(('broadcast', len(variables), root_rank))
 
         self.distribute = types.SimpleNamespace(all_reduce=all_reduce, broadcast=broadcast)
-        self.train = types.SimpleNamespace(optimizer=types.SimpleNamespace(
-            NpuLossScaleOptimizer=lambda opt, dynamic: ('scaled', opt, dynamic)))
+        self.train = types.SimpleNamespace(
+            optimizer=types.SimpleNamespace(
+                NpuLossScaleOptimizer=lambda opt, dynamic: ('scaled', opt, dynamic)
+            )
+        )
 
 
 def test_npu_hccl_wiring_tf2(monkeypatch):
     if tf1():
         pytest.skip('TF 2 only')
     from compat import keras, tf
+
     npu = FakeNpuDevice()
     monkeypatch.setitem(sys.modules, 'npu_device', npu)
     cfg = npu_rank_cfg(monkeypatch, precision='allow_mix_precision')
     parallel = distribute.configure(cfg, adapter=npu)
     # Mixed precision: the adapter's loss-scale optimizer around the all-reducing SGD.
     kind, sgd, dynamic = device.optimizer_wrapper(cfg, parallel.all_reduce_wrapper())(
-        keras.optimizers.SGD(0.1))
+        keras.optimizers.SGD(0.1)
+    )
     assert (kind, dynamic) == ('scaled', True)
     weight = tf.Variable([1.0, 1.0])
     sgd.apply_gradients([(tf.constant([1.0, 2.0]), weight)])
     np.testing.assert_allclose(weight.numpy(), [0.95, 0.9])  # the averaged gradient was applied
     assert npu.calls == [('all_reduce', 1, 'mean')]
     # float32 modes: the all-reducing SGD itself.
-    plain = device.optimizer_wrapper(dict(cfg, precision='allow_fp32_to_fp16'),
-                                     parallel.all_reduce_wrapper())(keras.optimizers.SGD(0.1))
+    plain = device.optimizer_wrapper(
+        dict(cfg, precision='allow_fp32_to_fp16'), parallel.all_reduce_wrapper()
+    )(keras.optimizers.SGD(0.1))
     assert isinstance(plain, keras.optimizers.SGD)
     # Rank 0's weights everywhere before the first step, once.
-    callback, = parallel.callbacks()
+    (callback,) = parallel.callbacks()
     model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
     callback.set_model(model)
     callback.on_train_begin()
@@ -453,6 +576,7 @@ def test_npu_hccl_wiring_tf1(monkeypatch):
         pytest.skip('TF 1.15 only')
     from compat import K, keras, tf
     import utils
+
     made = {}
 
     def wrapper(optimizer):
@@ -468,23 +592,30 @@ def test_npu_hccl_wiring_tf1(monkeypatch):
             super().__init__()
             self.root_rank = root_rank
 
-    adapter = stub_adapter_tf1(monkeypatch, loss_scale_optimizer,
-                               npu_distributed_optimizer_wrapper=wrapper,
-                               NPUBroadcastGlobalVariablesCallback=Broadcast)
+    adapter = stub_adapter_tf1(
+        monkeypatch,
+        loss_scale_optimizer,
+        npu_distributed_optimizer_wrapper=wrapper,
+        NPUBroadcastGlobalVariablesCallback=Broadcast,
+    )
     K.clear_session()
     try:
         cfg = npu_rank_cfg(monkeypatch, precision='allow_mix_precision')
         parallel = distribute.configure(cfg, adapter=adapter)
         wrap = device.optimizer_wrapper(cfg, parallel.all_reduce_wrapper())
         wrap(keras.optimizers.SGD(utils.lr_schedule(0.1, 4, 1.0), momentum=0.9, nesterov=True))
-        momentum, = made['all_reduce']
+        (momentum,) = made['all_reduce']
         assert isinstance(momentum, tf.compat.v1.train.MomentumOptimizer)
         assert made['loss_scale'] == (momentum, True)  # the ranks agree on overflows
         sgd = keras.optimizers.SGD(0.1)
-        assert device.optimizer_wrapper(dict(cfg, precision='allow_fp32_to_fp16'),
-                                        parallel.all_reduce_wrapper())(sgd) is sgd
+        assert (
+            device.optimizer_wrapper(
+                dict(cfg, precision='allow_fp32_to_fp16'), parallel.all_reduce_wrapper()
+            )(sgd)
+            is sgd
+        )
         assert made['all_reduce'][1] is sgd
-        callback, = parallel.callbacks()
+        (callback,) = parallel.callbacks()
         assert isinstance(callback, Broadcast) and callback.root_rank == 0
     finally:
         K.clear_session()

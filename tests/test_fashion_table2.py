@@ -16,8 +16,10 @@ A, B = table.cell_by_name('A'), table.cell_by_name('B')
 
 def add(records, cell, mode, seed, moving, precise=None):
     run = table.Run(cell.width, cell.labels, mode, cell.steps, seed)
-    records[run] = {'error_dense_moving': moving, 'error_dense_precise':
-                    moving if precise is None else precise}
+    records[run] = {
+        'error_dense_moving': moving,
+        'error_dense_precise': moving if precise is None else precise,
+    }
 
 
 def cell_records(cell, mode, gains, seeds=None, records=None):
@@ -31,11 +33,12 @@ def cell_records(cell, mode, gains, seeds=None, records=None):
 
 def test_paired_gain_mean_se_interval_and_detectable_effect():
     from scipy import stats
+
     gains = [1.0, -0.5, 0.8, 0.2, -0.1, 0.6]
     comparison = table.paired(A, 'asl', cell_records(A, 'asl', gains), 'moving')
     mean = sum(gains) / 6
     sd = (sum((g - mean) ** 2 for g in gains) / 5) ** 0.5
-    se = sd / 6 ** 0.5
+    se = sd / 6**0.5
     t = stats.t.ppf(0.975, 5)
     assert comparison['seeds'] == list(range(6))
     assert comparison['mean'] == pytest.approx(mean)

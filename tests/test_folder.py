@@ -16,8 +16,14 @@ from conftest import ROOT, expect_usage_error, write_image_folder
 from dataset import folder, image_cache, images
 from utils import UsageError
 
-TINY = ['--network=convnet', '--width=0.0625', '--batch_size=2', '--image_size=16',
-        '--max_steps=4', '--epochs=1']
+TINY = [
+    '--network=convnet',
+    '--width=0.0625',
+    '--batch_size=2',
+    '--image_size=16',
+    '--max_steps=4',
+    '--epochs=1',
+]
 
 
 def usage_error(fn, *words):
@@ -31,6 +37,7 @@ def usage_error(fn, *words):
 
 
 # ------------------------------------------------------------ decoding rules
+
 
 def test_crop_rule_resizes_the_shorter_side_then_takes_the_centre(tmp_path):
     # 40×20: columns 0-5 black, 6-33 white, 34-39 black; the 20-high image becomes 16×8
@@ -80,13 +87,14 @@ def test_corrupt_and_foreign_files_raise_decode_errors(tmp_path):
     good = np.full((32, 32, 3), 128, np.uint8)
     Image.fromarray(good).save(str(tmp_path / 'cut.png'))
     data = (tmp_path / 'cut.png').read_bytes()
-    (tmp_path / 'cut.png').write_bytes(data[:len(data) // 2])
+    (tmp_path / 'cut.png').write_bytes(data[: len(data) // 2])
     for name in ('bad.png', 'text.jpg', 'cut.png'):
         with pytest.raises(images.DECODE_ERRORS):
             images.decode_square(str(tmp_path / name), 8)
 
 
 # ------------------------------------------------------------ decode cache
+
 
 def _png(path, value, size=8):
     Image.new('RGB', (size, size), (value, value, value)).save(str(path))
@@ -108,7 +116,7 @@ def test_cache_decodes_once_and_notices_edits(tmp_path):
     assert again.bad == first.bad and 'bad.png' in again.bad[0][0]
     # An edit (new content, new modification time) is decoded again, the rest is not.
     _png(paths[2], 99)
-    os.utime(str(paths[2]), ns=(time.time_ns() + 10 ** 9,) * 2)
+    os.utime(str(paths[2]), ns=(time.time_ns() + 10**9,) * 2)
     edited = image_cache.decode(names, 8, cache, progress=False)
     assert edited.decoded == 1 and [p[0, 0, 0] for p in edited.pixels] == [0, 10, 99, 30]
     # Order follows the request; the in-memory path gives the same pixels.
@@ -157,27 +165,32 @@ def test_cache_survives_rows_left_by_a_killed_run(tmp_path):
 
 # ------------------------------------------------------------ input pipeline
 
+
 def test_pipeline_converts_uint8_images_as_the_float_path_does():
     import model_io
     import utils
     from conftest import class_images, take
+
     labels = np.arange(12) % 2
     raw = class_images(labels, size=8, channels=3)
     prep = model_io.Preprocessing('folder', 2, (8, 8, 3), ('a', 'b'), True, 0, resize='crop')
     one_hot = np.eye(2, dtype=np.float32)[labels]
     sampler = utils.BatchSampler(np.arange(6), np.arange(12), 4, 2, seed=0)
-    floats = take(utils.make_dataset(prep.apply(dataset.to_unit_float(raw)), one_hot, sampler, 3,
-                                     True), 2)
+    floats = take(
+        utils.make_dataset(prep.apply(dataset.to_unit_float(raw)), one_hot, sampler, 3, True), 2
+    )
     converted = take(utils.make_dataset(raw, one_hot, sampler, 3, True, convert=prep.apply_tf), 2)
     for (inputs, targets), (inputs2, targets2) in zip(floats, converted):
         assert sorted(inputs) == sorted(inputs2) == ['self_data', 'super_data']
         for key in inputs:
             np.testing.assert_allclose(inputs2[key], inputs[key], atol=2e-4)
-            np.testing.assert_array_equal(targets2[key.replace('data', 'clf')],
-                                          targets[key.replace('data', 'clf')])
+            np.testing.assert_array_equal(
+                targets2[key.replace('data', 'clf')], targets[key.replace('data', 'clf')]
+            )
 
 
 # ------------------------------------------------------------ layout and split
+
 
 @pytest.fixture
 def image_root(tmp_path):
@@ -210,25 +223,32 @@ def test_hold_out_is_stratified_with_seed_1():
         rng.shuffle(members)
         expected.extend(members[:2].tolist())
     assert sorted(test) == sorted(files[i] for i in expected)
-    usage_error(lambda: folder.hold_out([('a', 0), ('b', 1), ('c', 1)], 2, 0.1, ['x', 'y']),
-                "class 'x'", 'test/')
+    usage_error(
+        lambda: folder.hold_out([('a', 0), ('b', 1), ('c', 1)], 2, 0.1, ['x', 'y']),
+        "class 'x'",
+        'test/',
+    )
 
 
 def test_describe_and_load_run(image_root, tmp_path):
-    info = dataset.describe('folder', image_root, {'image_size': 12, 'test_fraction': 0.1,
-                                                   'zca': None, 'hflip': False})
+    info = dataset.describe(
+        'folder', image_root, {'image_size': 12, 'test_fraction': 0.1, 'zca': None, 'hflip': False}
+    )
     assert info.class_names == ('a', 'b') and info.n_classes == 2 and info.shape == (12, 12, None)
     assert not info.zca and not info.hflip and info.resize == 'crop' and info.default_labels is None
     assert info.sesemi_epochs == 30  # 105 pool images: the cap
-    assert folder.sesemi_epochs(200000) == 8 and folder.sesemi_epochs(10 ** 7) == 1
+    assert folder.sesemi_epochs(200000) == 8 and folder.sesemi_epochs(10**7) == 1
     assert not dataset.describe('folder', image_root, {'mode': 'asl'}).layout.unlabeled
     data = dataset.load_run(info, None, str(tmp_path / 'cache'), progress=False)
     assert data.info.shape == (12, 12, 3)  # colour files present: 3 channels
     (x, y), (xt, yt) = data.train, data.test
     assert x.dtype == np.uint8 and x.shape == (27 + 27 + 50, 12, 12, 3) and len(y) == 54
-    assert xt.dtype == np.float32 and xt.shape == (6, 12, 12, 3) and yt.tolist() == [0] * 3 + [1] * 3
-    assert data.skipped == [os.path.join('labeled', 'b', 'broken.png') + ': ' +
-                            data.skipped[0].split(': ', 1)[1]]
+    assert (
+        xt.dtype == np.float32 and xt.shape == (6, 12, 12, 3) and yt.tolist() == [0] * 3 + [1] * 3
+    )
+    assert data.skipped == [
+        os.path.join('labeled', 'b', 'broken.png') + ': ' + data.skipped[0].split(': ', 1)[1]
+    ]
     split = data.split
     assert split['class_names'] == ['a', 'b'] and split['test_source'] == 'held_out'
     assert len(split['train_files']) == 54 and split['unlabeled_images'] == 50
@@ -262,12 +282,17 @@ def test_too_many_corrupt_files_stop_and_leave_no_cache(tmp_path):
     write_image_folder(root, per_class=10, unlabeled=0)  # 1 bad of 21: more than 1 %
     cache = str(tmp_path / 'result' / 'cache')
     info = dataset.describe('folder', root, {'image_size': 8})
-    usage_error(lambda: dataset.load_run(info, None, cache, progress=False),
-                '1 of the 21 image files', 'broken.png', 'replace or remove')
+    usage_error(
+        lambda: dataset.load_run(info, None, cache, progress=False),
+        '1 of the 21 image files',
+        'broken.png',
+        'replace or remove',
+    )
     assert not os.path.exists(str(tmp_path / 'result'))
 
 
 # ------------------------------------------------------------ bad input (entry)
+
 
 def _layout_errors(tmp_path):
     """(root, expected words) of every layout the entry must refuse."""
@@ -297,8 +322,9 @@ def _layout_errors(tmp_path):
 def test_bad_layouts_are_one_line_errors_and_write_nothing(capsys, tmp_path):
     result = str(tmp_path / 'result')
     for root, words in _layout_errors(tmp_path):
-        expect_usage_error(capsys, ['--data=folder', '--dataset=' + root, '--result=' + result]
-                           + TINY, *words)
+        expect_usage_error(
+            capsys, ['--data=folder', '--dataset=' + root, '--result=' + result] + TINY, *words
+        )
         assert not os.path.exists(result)
 
 
@@ -318,6 +344,7 @@ def test_bad_flags_for_folder_data(capsys, image_root, tmp_path):
 def test_tf1_refuses_a_training_set_over_its_graph_limit(capsys, monkeypatch, image_root, tmp_path):
     import train_evaluate_asl2 as entry
     from compat import TF1
+
     monkeypatch.setattr(entry, 'GRAPH_CONSTANT_LIMIT', 1000)  # bytes: the tiny set is larger
     os.remove(os.path.join(image_root, 'labeled', 'b', 'broken.png'))  # no warning line
     argv = ['--data=folder', '--dataset=' + image_root, '--mode=sesemi', '--dry_run'] + TINY
@@ -329,11 +356,18 @@ def test_tf1_refuses_a_training_set_over_its_graph_limit(capsys, monkeypatch, im
 
 # ------------------------------------------------------------ end to end
 
+
 def run_tool(script, args):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    return subprocess.run([sys.executable, os.path.join(ROOT, script)] + list(args), cwd=ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script)] + list(args),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope='module')
@@ -343,11 +377,25 @@ def trained(tmp_path_factory):
     root = str(base / 'photos')
     write_image_folder(root, per_class=55)  # 111 labeled files: 1 corrupt is below 1 %
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    procs = {mode: subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py'), '--data=folder',
-         '--dataset=' + root, '--mode=' + mode, '--result=' + str(base / mode)] + TINY,
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-        for mode in ('sesemi', 'asl', 'supervised')}
+    procs = {
+        mode: subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, 'train_evaluate_asl2.py'),
+                '--data=folder',
+                '--dataset=' + root,
+                '--mode=' + mode,
+                '--result=' + str(base / mode),
+            ]
+            + TINY,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+        )
+        for mode in ('sesemi', 'asl', 'supervised')
+    }
     outputs = {}
     for mode, proc in procs.items():
         out, err = proc.communicate(timeout=900)
@@ -366,7 +414,9 @@ def test_each_mode_trains_and_leaves_split_and_skip_list(trained):
         assert err.count('warning: 1 of the image files cannot be decoded') == 1
         with open(os.path.join(result, 'skipped_images.txt')) as f:
             skipped = f.read().splitlines()
-        assert len(skipped) == 1 and skipped[0].startswith(os.path.join('labeled', 'b', 'broken.png'))
+        assert len(skipped) == 1 and skipped[0].startswith(
+            os.path.join('labeled', 'b', 'broken.png')
+        )
         with open(os.path.join(result, 'split.json')) as f:
             split = json.load(f)
         assert split['class_names'] == ['a', 'b'] and split['root'] == os.path.abspath(root)
@@ -385,6 +435,7 @@ def test_each_mode_trains_and_leaves_split_and_skip_list(trained):
 def test_model_tools_work_on_a_folder_model(trained, tmp_path):
     import model_io
     from compat import K
+
     root, base, _ = trained
     result = str(base / 'sesemi')
     model_path = os.path.join(result, 'model.h5')
@@ -405,7 +456,9 @@ def test_model_tools_work_on_a_folder_model(trained, tmp_path):
     assert [r['top'][0]['class'] for r in rows] == expected.tolist()
     assert [r['top'][0]['name'] for r in rows] == [('a', 'b')[k] for k in expected]
     # evaluate.py rebuilds the held-out split from split.json: the run's final numbers.
-    proc = run_tool('evaluate.py', ['--model=' + model_path, '--output=' + str(tmp_path / 'e.json')])
+    proc = run_tool(
+        'evaluate.py', ['--model=' + model_path, '--output=' + str(tmp_path / 'e.json')]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(result, 'result.json')) as f:
         final = json.load(f)
@@ -423,22 +476,36 @@ def test_model_tools_work_on_a_folder_model(trained, tmp_path):
 def test_resume_and_later_runs_reuse_the_cache(trained, tmp_path):
     root, base, _ = trained
     result = str(base / 'asl')
-    proc = run_tool('train_evaluate_asl2.py', ['--data=folder', '--dataset=' + root, '--mode=asl',
-                                               '--result=' + result, '--resume'] + TINY)
+    proc = run_tool(
+        'train_evaluate_asl2.py',
+        ['--data=folder', '--dataset=' + root, '--mode=asl', '--result=' + result, '--resume']
+        + TINY,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'Decoded 0 images' in proc.stdout and '111 from the cache' in proc.stdout
     # A resume with another image size is refused; an edited image is decoded again.
-    proc = run_tool('train_evaluate_asl2.py', ['--data=folder', '--dataset=' + root, '--mode=asl',
-                                               '--result=' + result, '--resume'] + TINY
-                    + ['--image_size=24'])
+    proc = run_tool(
+        'train_evaluate_asl2.py',
+        ['--data=folder', '--dataset=' + root, '--mode=asl', '--result=' + result, '--resume']
+        + TINY
+        + ['--image_size=24'],
+    )
     assert proc.returncode == 2 and '--image_size=24 (saved: 16)' in proc.stderr
     edited = os.path.join(root, 'labeled', 'a', 'img05.png')
     _png(edited, 7, size=16)
-    os.utime(edited, ns=(time.time_ns() + 10 ** 9,) * 2)
+    os.utime(edited, ns=(time.time_ns() + 10**9,) * 2)
     other = str(tmp_path / 'other')
-    proc = run_tool('train_evaluate_asl2.py', ['--data=folder', '--dataset=' + root,
-                                               '--mode=asl', '--result=' + other,
-                                               '--cache=' + os.path.join(result, 'cache')] + TINY)
+    proc = run_tool(
+        'train_evaluate_asl2.py',
+        [
+            '--data=folder',
+            '--dataset=' + root,
+            '--mode=asl',
+            '--result=' + other,
+            '--cache=' + os.path.join(result, 'cache'),
+        ]
+        + TINY,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'Decoded 1 images' in proc.stdout and '110 from the cache' in proc.stdout
     assert not os.path.exists(os.path.join(other, 'cache'))

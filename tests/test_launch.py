@@ -25,15 +25,22 @@ NETWORK = 'SESEMI_ID1270_for_TensorFlow'
 FIGURES = ('ActualFPS', 'TrainingTime', 'ActualLoss', 'TrainAccuracy', 'E2ETrainingTime')
 # Two epochs of 5 steps on the 20 labeled images of tiny_cifar10 (speed comes from epoch 2).
 TINY = ['--network=convnet', '--width=0.0625', '--labels=20', '--batch_size=4', '--epochs=2']
-NPU_HELP = ('--data_path', '--precision_mode', '--over_dump', '--data_dump_flag',
-            '--data_dump_step', '--profiling', '-h/--help')
+NPU_HELP = (
+    '--data_path',
+    '--precision_mode',
+    '--over_dump',
+    '--data_dump_flag',
+    '--data_dump_step',
+    '--profiling',
+    '-h/--help',
+)
 
 # Stands in for train_evaluate_asl2.py: records its arguments in $STUB_RECORD, then
 # fails ($STUB_EXIT), writes nothing ($STUB_NO_RESULT) or writes $STUB_EPOCHS epochs of
 # metrics (speeds 100, 300, 500 images/s; 90, 30, 10 ms/step) and a result.json with
 # error_dense 0.25. Any other use of the interpreter (the scripts' figure reader) is
 # handed to the real one.
-STUB = r'''
+STUB = r"""
 import json, os, sys
 if len(sys.argv) < 2 or not sys.argv[1].endswith('train_evaluate_asl2.py'):
     os.execv(sys.executable, [sys.executable] + sys.argv[1:])
@@ -58,7 +65,7 @@ with open(os.path.join(result, 'metrics.jsonl'), 'w') as f:
     f.write(''.join(json.dumps(r) + '\n' for r in rows))
 with open(os.path.join(result, 'result.json'), 'w') as f:
     json.dump({'error_dense': 0.25, 'error_single': 0.3}, f)
-'''
+"""
 
 
 def write_stub(folder, code):
@@ -66,8 +73,10 @@ def write_stub(folder, code):
     folder.mkdir()
     (folder / 'stub.py').write_text(code)
     exe = folder / 'python'
-    exe.write_text('#!/bin/sh\nexec %s %s "$@"\n' % (shlex.quote(sys.executable),
-                                                       shlex.quote(str(folder / 'stub.py'))))
+    exe.write_text(
+        '#!/bin/sh\nexec %s %s "$@"\n'
+        % (shlex.quote(sys.executable), shlex.quote(str(folder / 'stub.py')))
+    )
     exe.chmod(0o755)
     return str(exe)
 
@@ -80,8 +89,13 @@ def stub(tmp_path):
 
 def script_env(tmp_path, python=sys.executable, **extra):
     """The scripts' environment: this interpreter (or the stub), outputs under tmp_path."""
-    env = dict(os.environ, PYTHON=python, OUTPUT_ROOT=str(tmp_path / 'output'),
-               ASCEND_DEVICE_ID='0', CUDA_VISIBLE_DEVICES='')
+    env = dict(
+        os.environ,
+        PYTHON=python,
+        OUTPUT_ROOT=str(tmp_path / 'output'),
+        ASCEND_DEVICE_ID='0',
+        CUDA_VISIBLE_DEVICES='',
+    )
     env.update(extra)
     return env
 
@@ -89,8 +103,15 @@ def script_env(tmp_path, python=sys.executable, **extra):
 def launch(kind, args, env, cwd=ROOT):
     """Runs a launch script by its path relative to ``cwd``."""
     script = os.path.relpath(os.path.join(TEST_DIR, SCRIPTS[kind]), cwd)
-    return subprocess.run(['bash', script] + args, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    return subprocess.run(
+        ['bash', script] + args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
 
 
 def run_stub(kind, args, tmp_path, stub, **extra):
@@ -124,7 +145,9 @@ def check_case_log(out, kind, batch_size):
     """Checks the case log in ``out`` and returns its entries."""
     case_name = '%s_bs%d_1p_%s' % (NETWORK, batch_size, 'acc' if kind == 'full' else 'perf')
     case = read_case_log(os.path.join(out, case_name + '.log'))
-    assert list(case) == ['Network', 'RankSize', 'BatchSize', 'DeviceType', 'CaseName'] + list(FIGURES)
+    assert list(case) == ['Network', 'RankSize', 'BatchSize', 'DeviceType', 'CaseName'] + list(
+        FIGURES
+    )
     assert case['Network'] == NETWORK and case['RankSize'] == '1'
     assert case['BatchSize'] == str(batch_size) and case['CaseName'] == case_name
     assert case['DeviceType'] == os.uname().machine
@@ -134,6 +157,7 @@ def check_case_log(out, kind, batch_size):
 
 
 # ------------------------------------------------------------ usage and flag handling
+
 
 @pytest.mark.parametrize('kind', sorted(SCRIPTS))
 @pytest.mark.parametrize('flag', ['-h', '--help'])
@@ -153,11 +177,14 @@ def test_missing_data_path_is_refused(kind, tmp_path, stub):
     assert '--data_path is required' in proc.stderr and 'parameter explain' in proc.stderr
 
 
-@pytest.mark.parametrize('args,words', [
-    (['--data_path=/x', 'stray'], ["unexpected argument 'stray'"]),
-    (['--data_path=/x', '--precision_mode'], ['--precision_mode needs a value']),
-    (['--data_path='], ['--data_path needs a value']),
-])
+@pytest.mark.parametrize(
+    'args,words',
+    [
+        (['--data_path=/x', 'stray'], ["unexpected argument 'stray'"]),
+        (['--data_path=/x', '--precision_mode'], ['--precision_mode needs a value']),
+        (['--data_path='], ['--data_path needs a value']),
+    ],
+)
 def test_malformed_arguments_are_refused(args, words, tmp_path, stub):
     proc, argv = run_stub('full', args, tmp_path, stub)
     assert proc.returncode == 2 and argv is None
@@ -181,9 +208,20 @@ def test_default_flags_and_no_npu_flags(kind, epochs, tmp_path, stub, tiny_cifar
     assert flag_value(argv, 'labels') == '2000' and flag_value(argv, 'mode') == 'asl'
     assert flag_value(argv, 'epochs') == epochs
     assert flag_value(argv, 'result') == os.path.join(out, 'result')
-    assert not any(a.split('=')[0].lstrip('-') in (
-        'precision_mode', 'over_dump', 'over_dump_path', 'data_dump_flag', 'data_dump_path',
-        'data_dump_step', 'profiling', 'profiling_path') for a in argv)
+    assert not any(
+        a.split('=')[0].lstrip('-')
+        in (
+            'precision_mode',
+            'over_dump',
+            'over_dump_path',
+            'data_dump_flag',
+            'data_dump_path',
+            'data_dump_step',
+            'profiling',
+            'profiling_path',
+        )
+        for a in argv
+    )
     with open(os.path.join(out, 'train_0.log')) as f:
         log = f.read()
     assert log.startswith('Command: ') and 'train_evaluate_asl2.py' in log.splitlines()[0]
@@ -191,30 +229,46 @@ def test_default_flags_and_no_npu_flags(kind, epochs, tmp_path, stub, tiny_cifar
 
 
 def test_npu_flags_are_forwarded_with_output_folders(tmp_path, stub, tiny_cifar10):
-    proc, argv = run_stub('performance', [
-        '--data_path=' + tiny_cifar10, '--precision_mode=allow_mix_precision', '--over_dump=True',
-        '--data_dump_flag=True', '--data_dump_step=0|5', '--profiling=True'], tmp_path, stub,
-        ASCEND_DEVICE_ID='3')
+    proc, argv = run_stub(
+        'performance',
+        [
+            '--data_path=' + tiny_cifar10,
+            '--precision_mode=allow_mix_precision',
+            '--over_dump=True',
+            '--data_dump_flag=True',
+            '--data_dump_step=0|5',
+            '--profiling=True',
+        ],
+        tmp_path,
+        stub,
+        ASCEND_DEVICE_ID='3',
+    )
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / 'output' / '3'
     assert flag_value(argv, 'dataset') == tiny_cifar10
-    expected = {'precision_mode': 'allow_mix_precision', 'over_dump': 'True',
-                'over_dump_path': str(out / 'overflow_dump'), 'data_dump_flag': 'True',
-                'data_dump_path': str(out / 'data_dump'), 'data_dump_step': '0|5',
-                'profiling': 'True', 'profiling_path': str(out / 'profiling')}
+    expected = {
+        'precision_mode': 'allow_mix_precision',
+        'over_dump': 'True',
+        'over_dump_path': str(out / 'overflow_dump'),
+        'data_dump_flag': 'True',
+        'data_dump_path': str(out / 'data_dump'),
+        'data_dump_step': '0|5',
+        'profiling': 'True',
+        'profiling_path': str(out / 'profiling'),
+    }
     for name, value in expected.items():
         assert flag_value(argv, name) == value, name
     for folder in ('overflow_dump', 'data_dump', 'profiling'):
         assert (out / folder).is_dir()
     assert (out / 'train_3.log').is_file()
-    assert "--data_dump_step=0\\|5" in (out / 'train_3.log').read_text().splitlines()[0]
+    assert '--data_dump_step=0\\|5' in (out / 'train_3.log').read_text().splitlines()[0]
 
 
 def test_other_flags_are_forwarded_and_override_defaults(tmp_path, stub, tiny_cifar10):
     extra = ['--epochs=1', '--labels=1000', '--batch_size=8', '--deterministic', '--seed=5']
     proc, argv = run_stub('performance', ['--data_path=' + tiny_cifar10] + extra, tmp_path, stub)
     assert proc.returncode == 0, proc.stderr
-    assert argv[-len(extra):] == extra
+    assert argv[-len(extra) :] == extra
     assert [a for a in argv if a.startswith(('--epochs', '--labels'))] == extra[:2]
     check_case_log(str(tmp_path / 'output' / '0'), 'performance', 8)
 
@@ -233,13 +287,20 @@ def test_single_epoch_speed_is_that_epoch(tmp_path, stub, tiny_cifar10):
     proc, _ = run_stub('full', ['--data_path=' + tiny_cifar10], tmp_path, stub, STUB_EPOCHS='1')
     assert proc.returncode == 0, proc.stderr
     case = check_case_log(str(tmp_path / 'output' / '0'), 'full', 16)
-    assert (case['ActualFPS'], case['TrainingTime'], case['ActualLoss']) == ('100.00', '90.00', '3.0000')
+    assert (case['ActualFPS'], case['TrainingTime'], case['ActualLoss']) == (
+        '100.00',
+        '90.00',
+        '3.0000',
+    )
 
 
-@pytest.mark.parametrize('env,words', [
-    ({'STUB_EXIT': '3'}, ['training failed (python exit code 3)', 'error: stub failure']),
-    ({'STUB_NO_RESULT': '1'}, ['training wrote no', 'result.json']),
-])
+@pytest.mark.parametrize(
+    'env,words',
+    [
+        ({'STUB_EXIT': '3'}, ['training failed (python exit code 3)', 'error: stub failure']),
+        ({'STUB_NO_RESULT': '1'}, ['training wrote no', 'result.json']),
+    ],
+)
 def test_failed_run_exits_non_zero(env, words, tmp_path, stub, tiny_cifar10):
     proc, argv = run_stub('full', ['--data_path=' + tiny_cifar10], tmp_path, stub, **env)
     assert argv is not None and proc.returncode != 0
@@ -255,8 +316,13 @@ def test_stale_result_of_an_earlier_run_is_not_taken(tmp_path, stub, tiny_cifar1
     result.mkdir()
     (result / 'result.json').write_text('{"error_dense": 0.5}')
     os.utime(str(result / 'result.json'), (1e9, 1e9))
-    proc, argv = run_stub('full', ['--data_path=' + tiny_cifar10, '--result=' + str(result)],
-                          tmp_path, stub, STUB_NO_RESULT='1')
+    proc, argv = run_stub(
+        'full',
+        ['--data_path=' + tiny_cifar10, '--result=' + str(result)],
+        tmp_path,
+        stub,
+        STUB_NO_RESULT='1',
+    )
     assert flag_value(argv, 'result') == str(result)
     assert proc.returncode != 0 and 'training wrote no' in proc.stderr
 
@@ -274,10 +340,15 @@ def test_rerun_resumes_from_the_checkpoints_of_the_earlier_run(tmp_path, stub, t
 
 # ------------------------------------------------------------ real training, tiny data
 
+
 @pytest.mark.slow
 def test_full_script_from_inside_test_folder(tmp_path, tiny_cifar10):
-    proc = launch('full', ['--data_path=' + tiny_cifar10] + TINY + ['--max_steps=7', '--seed=7'],
-                  script_env(tmp_path), cwd=TEST_DIR)
+    proc = launch(
+        'full',
+        ['--data_path=' + tiny_cifar10] + TINY + ['--max_steps=7', '--seed=7'],
+        script_env(tmp_path),
+        cwd=TEST_DIR,
+    )
     out = str(tmp_path / 'output' / '0')
     assert proc.returncode == 0, proc.stderr + open(os.path.join(out, 'train_0.log')).read()[-3000:]
     args = read_json(os.path.join(out, 'result', 'args.json'))
@@ -301,15 +372,25 @@ def test_bad_data_fails_with_the_reason(tmp_path):
 
 # ------------------------------------------------------------ ModelArts
 
+
 def boot(args, env):
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'boot_modelarts.py')] + args,
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'boot_modelarts.py')] + args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
 
 
 def boot_dirs(tmp_path):
-    return ['--train_url=' + str(tmp_path / 'obs_out'), '--data_cache=' + str(tmp_path / 'cache'),
-            '--result_cache=' + str(tmp_path / 'result_cache')]
+    return [
+        '--train_url=' + str(tmp_path / 'obs_out'),
+        '--data_cache=' + str(tmp_path / 'cache'),
+        '--result_cache=' + str(tmp_path / 'result_cache'),
+    ]
 
 
 def test_modelarts_uploads_outputs_and_dumps(tmp_path, stub):
@@ -317,15 +398,19 @@ def test_modelarts_uploads_outputs_and_dumps(tmp_path, stub):
     env = script_env(tmp_path, exe, STUB_RECORD=record)
     bucket = tmp_path / 'obs_in'
     write_cifar10(str(bucket / 'cifar-10-batches-py'))
-    proc = boot(['--data_url=' + str(bucket), '--script=performance',
-                 '--epochs=1', '--over_dump=True'] + boot_dirs(tmp_path), env)
+    proc = boot(
+        ['--data_url=' + str(bucket), '--script=performance', '--epochs=1', '--over_dump=True']
+        + boot_dirs(tmp_path),
+        env,
+    )
     assert proc.returncode == 0, proc.stderr
     argv = read_json(record)
     assert flag_value(argv, 'dataset') == str(tmp_path / 'cache' / 'cifar-10-batches-py')
     assert flag_value(argv, 'epochs') == '1' and flag_value(argv, 'over_dump') == 'True'
     obs = tmp_path / 'obs_out'
-    assert sorted(os.listdir(str(obs))) == sorted([
-        NETWORK + '_bs16_1p_perf.log', 'overflow_dump', 'result', 'train_0.log'])
+    assert sorted(os.listdir(str(obs))) == sorted(
+        [NETWORK + '_bs16_1p_perf.log', 'overflow_dump', 'result', 'train_0.log']
+    )
     assert read_json(str(obs / 'result' / 'result.json'))['error_dense'] == 0.25
 
 
@@ -340,8 +425,10 @@ def test_modelarts_uploads_logs_of_a_failed_run(tmp_path, stub, tiny_cifar10):
 
 def test_modelarts_bad_data_url(tmp_path, stub):
     exe, record = stub
-    proc = boot(['--data_url=' + str(tmp_path / 'missing')] + boot_dirs(tmp_path),
-                script_env(tmp_path, exe, STUB_RECORD=record))
+    proc = boot(
+        ['--data_url=' + str(tmp_path / 'missing')] + boot_dirs(tmp_path),
+        script_env(tmp_path, exe, STUB_RECORD=record),
+    )
     assert proc.returncode != 0 and 'error: data: cannot copy' in proc.stderr
     assert not os.path.exists(record)
 
@@ -352,9 +439,17 @@ def test_modelarts_rehearsal_runs_the_performance_script(tmp_path):
     as data_url, an NPU flag and extra flags forwarded, speed from the second epoch."""
     bucket = tmp_path / 'obs_in'
     write_cifar10(str(bucket / 'cifar-10-batches-py'))
-    proc = boot(['--data_url=' + str(bucket), '--script=performance',
-                 '--precision_mode=must_keep_origin_dtype', '--max_steps=6'] + TINY
-                + boot_dirs(tmp_path), script_env(tmp_path))
+    proc = boot(
+        [
+            '--data_url=' + str(bucket),
+            '--script=performance',
+            '--precision_mode=must_keep_origin_dtype',
+            '--max_steps=6',
+        ]
+        + TINY
+        + boot_dirs(tmp_path),
+        script_env(tmp_path),
+    )
     obs = tmp_path / 'obs_out'
     assert proc.returncode == 0, proc.stderr + (obs / 'train_0.log').read_text()[-3000:]
     args = read_json(str(obs / 'result' / 'args.json'))
@@ -373,15 +468,18 @@ def test_modelarts_rehearsal_runs_the_performance_script(tmp_path):
 
 def test_copy_uses_moxing_when_present(tmp_path, monkeypatch):
     import help_modelarts
+
     calls = []
-    fake = types.SimpleNamespace(file=types.SimpleNamespace(
-        copy_parallel=lambda src, dst: calls.append((src, dst))))
+    fake = types.SimpleNamespace(
+        file=types.SimpleNamespace(copy_parallel=lambda src, dst: calls.append((src, dst)))
+    )
     monkeypatch.setitem(sys.modules, 'moxing', fake)
     help_modelarts.copy_folder('obs://bucket/data', str(tmp_path / 'cache'))
     assert calls == [('obs://bucket/data', str(tmp_path / 'cache'))]
 
     def broken(src, dst):
         raise RuntimeError('obs says no')
+
     fake.file.copy_parallel = broken
     with pytest.raises(help_modelarts.CopyError, match='obs://bucket/data.*obs says no'):
         help_modelarts.copy_folder('obs://bucket/data', str(tmp_path / 'cache'))
@@ -389,6 +487,7 @@ def test_copy_uses_moxing_when_present(tmp_path, monkeypatch):
 
 def test_copy_without_moxing_takes_local_folders_only(tmp_path, monkeypatch):
     import help_modelarts
+
     monkeypatch.setitem(sys.modules, 'moxing', None)  # makes `import moxing` fail
     src = tmp_path / 'src'
     (src / 'sub').mkdir(parents=True)
@@ -417,16 +516,20 @@ def test_only_help_modelarts_imports_moxing():
 
 def test_malloc_script_preloads_tcmalloc_once_and_keeps_other_preloads():
     installed = sorted(glob.glob('/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4')) + [
-        path for path in ('/usr/lib64/libtcmalloc_minimal.so.4', '/usr/lib/libtcmalloc_minimal.so.4')
-        if os.path.exists(path)]
+        path
+        for path in ('/usr/lib64/libtcmalloc_minimal.so.4', '/usr/lib/libtcmalloc_minimal.so.4')
+        if os.path.exists(path)
+    ]
     script = os.path.join(TEST_DIR, 'malloc.sh')
     env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
     show = 'source %s; source %s; printf %%s "${LD_PRELOAD:-}"' % ((shlex.quote(script),) * 2)
-    alone = subprocess.run(['bash', '-c', show], env=env, stdout=subprocess.PIPE,
-                           universal_newlines=True, check=True).stdout
+    alone = subprocess.run(
+        ['bash', '-c', show], env=env, stdout=subprocess.PIPE, universal_newlines=True, check=True
+    ).stdout
     assert alone == (installed[0] if installed else '')
     # Another library preloaded before stays; sourcing twice adds tcmalloc once.
     env['LD_PRELOAD'] = 'libother.so'
-    both = subprocess.run(['bash', '-c', show], env=env, stdout=subprocess.PIPE,
-                          universal_newlines=True, check=True).stdout
+    both = subprocess.run(
+        ['bash', '-c', show], env=env, stdout=subprocess.PIPE, universal_newlines=True, check=True
+    ).stdout
     assert both == (installed[0] + ':libother.so' if installed else 'libother.so')

@@ -29,7 +29,7 @@ TABLE_DEVICES = [4, 5, 6, 7, 0, 1, 2, 3]
 # $STUB_IGNORE_TERM: the waiting ones ignore SIGTERM. Otherwise each writes the result files
 # the scripts read: epoch 2 at 100 + index images/s and 20 + index ms/step, loss 1 + index / 10.
 # Any other use of the interpreter (the scripts' own helpers) is handed to the real one.
-STUB = r'''
+STUB = r"""
 import json, os, signal, sys, time
 if len(sys.argv) < 2 or not sys.argv[1].endswith('train_evaluate_asl2.py'):
     os.execv(sys.executable, [sys.executable] + sys.argv[1:])
@@ -73,7 +73,7 @@ if 'result' in opts:
         json.dump({'batch_size': int(opts.get('batch_size', 16))}, f)
     with open(os.path.join(opts['result'], 'result.json'), 'w') as f:
         json.dump({'error_dense': 0.25 + index / 100.0}, f)
-'''
+"""
 
 
 @pytest.fixture
@@ -121,18 +121,39 @@ def load_records(folder):
 
 def write_rank_table(path, devices=TABLE_DEVICES):
     """A rank table (format 1.0) of one server with a device per rank."""
-    table = {'version': '1.0', 'status': 'completed', 'server_count': '1', 'server_list': [{
-        'server_id': '10.0.0.10', 'host_nic_ip': 'reserve',
-        'device': [{'device_id': str(d), 'device_ip': '192.168.100.%d' % (101 + d),
-                    'rank_id': str(r)} for r, d in enumerate(devices)]}]}
+    table = {
+        'version': '1.0',
+        'status': 'completed',
+        'server_count': '1',
+        'server_list': [
+            {
+                'server_id': '10.0.0.10',
+                'host_nic_ip': 'reserve',
+                'device': [
+                    {
+                        'device_id': str(d),
+                        'device_ip': '192.168.100.%d' % (101 + d),
+                        'rank_id': str(r),
+                    }
+                    for r, d in enumerate(devices)
+                ],
+            }
+        ],
+    }
     path.write_text(json.dumps(table))
     return str(path)
 
 
 def run(script, args, env, timeout=90):
-    return subprocess.run(['bash', os.path.join(TEST_DIR, script)] + args, cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=timeout)
+    return subprocess.run(
+        ['bash', os.path.join(TEST_DIR, script)] + args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=timeout,
+    )
 
 
 def env_8p(tmp_path, stub, table=None, **extra):
@@ -151,6 +172,7 @@ def env_workers(tmp_path, stub, workers, **extra):
 
 # ------------------------------------------------------------ Ascend 8p scripts
 
+
 @pytest.mark.parametrize('kind,case,epochs', [('full', 'acc', None), ('performance', 'perf', '3')])
 def test_8p_starts_one_process_per_device_of_the_rank_table(kind, case, epochs, tmp_path, stub):
     env = env_8p(tmp_path, stub)
@@ -162,8 +184,13 @@ def test_8p_starts_one_process_per_device_of_the_rank_table(kind, case, epochs, 
     output = tmp_path / 'output'
     for rank in range(RANKS):
         record, device = records['rank%d' % rank], str(TABLE_DEVICES[rank])
-        assert record['env'] == {'RANK_ID': str(rank), 'RANK_SIZE': '8', 'ASCEND_DEVICE_ID': device,
-                                 'RANK_TABLE_FILE': env['RANK_TABLE_FILE'], 'TF_CONFIG': None}
+        assert record['env'] == {
+            'RANK_ID': str(rank),
+            'RANK_SIZE': '8',
+            'ASCEND_DEVICE_ID': device,
+            'RANK_TABLE_FILE': env['RANK_TABLE_FILE'],
+            'TF_CONFIG': None,
+        }
         argv = record['argv']
         assert flag_value(argv, 'distribute') == 'npu' and flag_value(argv, 'device') == 'npu'
         assert flag_value(argv, 'result') == str(output / device / 'result')
@@ -175,28 +202,41 @@ def test_8p_starts_one_process_per_device_of_the_rank_table(kind, case, epochs, 
     case_name = '%s_bs16_8p_%s' % (NETWORK, case)
     assert sorted(p.name for p in output.glob('*/%s_*.log' % NETWORK)) == [case_name + '.log']
     log = read_case_log(str(output / '4' / (case_name + '.log')))
-    assert log == {'Network': NETWORK, 'RankSize': '8', 'BatchSize': '16',
-                   'DeviceType': os.uname().machine, 'CaseName': case_name,
-                   'ActualFPS': '%.2f' % sum(100 + r for r in range(RANKS)),
-                   'TrainingTime': '23.50', 'ActualLoss': '1.0000', 'TrainAccuracy': '0.7500',
-                   'E2ETrainingTime': log['E2ETrainingTime']}
+    assert log == {
+        'Network': NETWORK,
+        'RankSize': '8',
+        'BatchSize': '16',
+        'DeviceType': os.uname().machine,
+        'CaseName': case_name,
+        'ActualFPS': '%.2f' % sum(100 + r for r in range(RANKS)),
+        'TrainingTime': '23.50',
+        'ActualLoss': '1.0000',
+        'TrainAccuracy': '0.7500',
+        'E2ETrainingTime': log['E2ETrainingTime'],
+    }
     assert 0 <= int(log['E2ETrainingTime']) < 90
     assert 'ActualFPS = 828.00' in proc.stdout
 
 
-@pytest.mark.parametrize('name,content', [
-    ('missing', None),
-    ('folder', 'dir'),
-    ('not JSON', '{"server_list": ['),
-    ('not an object', '[1, 2]'),
-    ('no server_list', '{"version": "1.0"}'),
-    ('no device list', '{"server_list": [{"server_id": "a"}]}'),
-    ('rank_id missing', '{"server_list": [{"device": [{"device_id": "0"}]}]}'),
-    ('rank_id not a number', '{"server_list": [{"device": [{"device_id": "0", "rank_id": "x"}]}]}'),
-    ('4 ranks', [0, 1, 2, 3]),
-    ('a device twice', [0, 1, 2, 3, 4, 5, 6, 6]),
-    ('a rank twice', 'rank twice'),
-])
+@pytest.mark.parametrize(
+    'name,content',
+    [
+        ('missing', None),
+        ('folder', 'dir'),
+        ('not JSON', '{"server_list": ['),
+        ('not an object', '[1, 2]'),
+        ('no server_list', '{"version": "1.0"}'),
+        ('no device list', '{"server_list": [{"server_id": "a"}]}'),
+        ('rank_id missing', '{"server_list": [{"device": [{"device_id": "0"}]}]}'),
+        (
+            'rank_id not a number',
+            '{"server_list": [{"device": [{"device_id": "0", "rank_id": "x"}]}]}',
+        ),
+        ('4 ranks', [0, 1, 2, 3]),
+        ('a device twice', [0, 1, 2, 3, 4, 5, 6, 6]),
+        ('a rank twice', 'rank twice'),
+    ],
+)
 def test_8p_bad_rank_table_is_one_line_and_starts_nothing(name, content, tmp_path, stub):
     path = tmp_path / 'table.json'
     if content == 'dir':
@@ -223,17 +263,25 @@ def test_8p_rank_table_defaults_to_configs(tmp_path, stub):
     if os.path.exists(default):
         pytest.skip('this checkout has a rank table in configs/')
     proc = run('train_full_8p.sh', ['--data_path=/x'], env)
-    assert proc.returncode == 2 and proc.stderr == 'error: rank table %s does not exist; set ' \
-        'RANK_TABLE_FILE to the rank table json of this server\n' % default
+    assert (
+        proc.returncode == 2
+        and proc.stderr
+        == 'error: rank table %s does not exist; set '
+        'RANK_TABLE_FILE to the rank table json of this server\n'
+        % default
+    )
     assert load_records(stub[1]) == {}
 
 
-@pytest.mark.parametrize('flag', ['--result=/tmp/r', '--ckpt_path=/tmp/c', '--distribute=none',
-                                  '--device=cpu'])
+@pytest.mark.parametrize(
+    'flag', ['--result=/tmp/r', '--ckpt_path=/tmp/c', '--distribute=none', '--device=cpu']
+)
 def test_8p_refuses_flags_it_sets_per_device(flag, tmp_path, stub):
     proc = run('train_full_8p.sh', ['--data_path=/x', flag], env_8p(tmp_path, stub))
     assert proc.returncode == 2 and load_records(stub[1]) == {}
-    assert proc.stderr.startswith('error: %s cannot be given to train_full_8p.sh' % flag.split('=')[0])
+    assert proc.stderr.startswith(
+        'error: %s cannot be given to train_full_8p.sh' % flag.split('=')[0]
+    )
 
 
 def test_8p_help_names_the_rank_table(tmp_path, stub):
@@ -256,8 +304,10 @@ def test_8p_failing_rank_stops_the_others(ignore_term, tmp_path, stub):
     assert gone([r['pid'] for r in records.values()])
     assert proc.returncode == 3
     log = tmp_path / 'output' / '7' / 'train_7.log'
-    assert 'error: training on device 7 (rank 3) failed (python exit code 3); see %s' % log \
+    assert (
+        'error: training on device 7 (rank 3) failed (python exit code 3); see %s' % log
         in proc.stderr
+    )
     assert 'Stopping the other training processes (7 still running)' in proc.stderr
     assert proc.stderr.rstrip().endswith('error: stub failure of rank3')  # the log's tail
     assert not list((tmp_path / 'output').glob('*/%s_*.log' % NETWORK))
@@ -265,9 +315,14 @@ def test_8p_failing_rank_stops_the_others(ignore_term, tmp_path, stub):
 
 def test_8p_sigterm_to_the_script_stops_every_rank(tmp_path, stub):
     env = env_8p(tmp_path, stub, STUB_FAIL='none')
-    proc = subprocess.Popen(['bash', os.path.join(TEST_DIR, 'train_full_8p.sh'), '--data_path=/x'],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True)
+    proc = subprocess.Popen(
+        ['bash', os.path.join(TEST_DIR, 'train_full_8p.sh'), '--data_path=/x'],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
     try:
         deadline = time.time() + 60
         while len(load_records(stub[1])) < RANKS and time.time() < deadline:
@@ -294,6 +349,7 @@ def test_8p_rerun_resumes_every_rank_from_rank_0s_checkpoints(tmp_path, stub):
 
 # ------------------------------------------------------------ local multi-worker launcher
 
+
 @pytest.mark.parametrize('workers', [None, 3])
 def test_workers_get_their_tf_config(workers, tmp_path, stub):
     args = ([] if workers is None else ['--workers=%d' % workers]) + ['--dataset=/d', '--seed=2']
@@ -310,8 +366,11 @@ def test_workers_get_their_tf_config(workers, tmp_path, stub):
     assert all(0 < int(port) < 65536 for port in ports)
     for i, config in enumerate(configs):
         assert config == {'cluster': cluster, 'task': {'type': 'worker', 'index': i}}
-        assert records['worker%d' % i]['argv'] == ['--distribute=multi_worker', '--dataset=/d',
-                                                  '--seed=2']
+        assert records['worker%d' % i]['argv'] == [
+            '--distribute=multi_worker',
+            '--dataset=/d',
+            '--seed=2',
+        ]
         log = tmp_path / 'output' / 'multi_worker' / ('worker_%d.log' % i)
         assert 'worker%d: %d.0 images/s' % (i, 100 + i) in log.read_text()
     assert 'All %d workers finished' % workers in proc.stdout
@@ -332,12 +391,15 @@ def test_failing_worker_stops_the_others(ignore_term, tmp_path, stub):
     assert 'All 3 workers finished' not in proc.stdout
 
 
-@pytest.mark.parametrize('args,words', [
-    (['--workers=0'], "--workers must be a whole number from 1, got '0'"),
-    (['--workers=two'], "--workers must be a whole number from 1, got 'two'"),
-    (['--distribute=mirrored'], '--distribute=mirrored: this script trains with'),
-    (['stray'], "unexpected argument 'stray'"),
-])
+@pytest.mark.parametrize(
+    'args,words',
+    [
+        (['--workers=0'], "--workers must be a whole number from 1, got '0'"),
+        (['--workers=two'], "--workers must be a whole number from 1, got 'two'"),
+        (['--distribute=mirrored'], '--distribute=mirrored: this script trains with'),
+        (['stray'], "unexpected argument 'stray'"),
+    ],
+)
 def test_launcher_bad_arguments(args, words, tmp_path, stub):
     proc = run('train_multi_worker.sh', args, env_workers(tmp_path, stub, 2))
     assert proc.returncode == 2 and proc.stderr.startswith('error: ' + words)

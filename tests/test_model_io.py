@@ -18,8 +18,14 @@ import dataset
 import model_io
 from conftest import ROOT, write_cifar10, write_fashion_mnist
 
-TINY = ['--network=convnet', '--width=0.0625', '--labels=20', '--batch_size=2', '--epochs=2',
-        '--max_steps=6']
+TINY = [
+    '--network=convnet',
+    '--width=0.0625',
+    '--labels=20',
+    '--batch_size=2',
+    '--epochs=2',
+    '--max_steps=6',
+]
 
 
 def command(script, args):
@@ -28,8 +34,15 @@ def command(script, args):
 
 def cli(script, args):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    return subprocess.run(command(script, args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    return subprocess.run(
+        command(script, args),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
 
 
 class Run:
@@ -47,13 +60,25 @@ class Run:
 def runs(tmp_path_factory):
     """Trains on tiny CIFAR-10 and Fashion-MNIST, both runs at the same time."""
     root = tmp_path_factory.mktemp('runs')
-    folders = {'cifar10': write_cifar10(str(root / 'cifar-10-batches-py')),
-               'fashion_mnist': write_fashion_mnist(str(root / 'fashion'))}
+    folders = {
+        'cifar10': write_cifar10(str(root / 'cifar-10-batches-py')),
+        'fashion_mnist': write_fashion_mnist(str(root / 'fashion')),
+    }
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    procs = {name: subprocess.Popen(command('train_evaluate_asl2.py', [
-        '--data=' + name, '--dataset=' + folder, '--result=' + str(root / name)] + TINY),
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-        for name, folder in folders.items()}
+    procs = {
+        name: subprocess.Popen(
+            command(
+                'train_evaluate_asl2.py',
+                ['--data=' + name, '--dataset=' + folder, '--result=' + str(root / name)] + TINY,
+            ),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,
+        )
+        for name, folder in folders.items()
+    }
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-3000:]
@@ -77,6 +102,7 @@ def test_model_file_carries_the_training_preprocessing(run):
     import h5py
     from compat import keras
     from utils import global_contrast_normalize
+
     info = dataset.get(run.data)
     with h5py.File(run.model, 'r') as f:
         attrs = f['sesemi'].attrs
@@ -94,7 +120,9 @@ def test_model_file_carries_the_training_preprocessing(run):
     else:
         # The stored ZCA is the one fitted on the run's GCN'd training set: mean μ and
         # W = (Σ + 0.1·I)^(-1/2), checked as W·W·(Σ + 0.1·I)·v = v on random v (cheaper than a refit).
-        train = global_contrast_normalize(run.x_train).reshape(len(run.x_train), -1).astype(np.float64)
+        train = (
+            global_contrast_normalize(run.x_train).reshape(len(run.x_train), -1).astype(np.float64)
+        )
         mean, w = prep.zca.mean.astype(np.float64), prep.zca.matrix.astype(np.float64)
         np.testing.assert_allclose(mean, train.mean(axis=0), atol=1e-5)
         np.testing.assert_allclose(w, w.T, atol=1e-5)
@@ -110,6 +138,7 @@ def test_model_file_carries_the_training_preprocessing(run):
 
 def test_evaluate_reproduces_the_final_evaluation(run, capsys):
     import evaluate
+
     assert evaluate.main(['evaluate.py', '--model=' + run.model, '--dataset=' + run.folder]) == 0
     with open(os.path.join(run.result, 'evaluation.json')) as f:
         written = json.load(f)
@@ -123,6 +152,7 @@ def write_pngs(run, folder, count=6):
     """The first test images as PNG files, as the dataset's source images were (28×28 gray for
     Fashion-MNIST, 32×32 RGB for CIFAR-10)."""
     from PIL import Image
+
     os.makedirs(folder)
     pixels = np.round(run.x_test[:count] * 255).astype(np.uint8)
     if run.data == 'fashion_mnist':
@@ -135,6 +165,7 @@ def write_pngs(run, folder, count=6):
 
 def test_predict_gives_the_classes_of_the_model(run, tmp_path, capsys):
     import predict
+
     paths = write_pngs(run, str(tmp_path / 'images'))
     argv = ['predict.py', '--model=' + run.model, '--images=' + str(tmp_path / 'images'), '--top=3']
     # One dataset writes the predictions to a file, the other prints them.
@@ -147,18 +178,20 @@ def test_predict_gives_the_classes_of_the_model(run, tmp_path, capsys):
         rows = json.loads(capsys.readouterr().out)['predictions']
     assert [r['file'] for r in rows] == paths
     model, prep = model_io.load_model(run.model)
-    probs = model.predict(prep.apply(run.x_test[:len(paths)]), verbose=0)
+    probs = model.predict(prep.apply(run.x_test[: len(paths)]), verbose=0)
     names = dataset.get(run.data).class_names
     for row, p in zip(rows, probs):
         assert [c['class'] for c in row['top']] == list(np.argsort(-p, kind='stable')[:3])
         assert [c['name'] for c in row['top']] == [names[c['class']] for c in row['top']]
-        np.testing.assert_allclose([c['probability'] for c in row['top']], np.sort(p)[::-1][:3],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            [c['probability'] for c in row['top']], np.sort(p)[::-1][:3], rtol=1e-5, atol=1e-6
+        )
 
 
 def test_predict_reads_images_as_the_dataset_loader_does(runs, tmp_path):
     from PIL import Image
     import predict
+
     fashion = runs['fashion_mnist']
     png = write_pngs(fashion, str(tmp_path / 'fm'), count=1)[0]
     expected = np.round(fashion.x_test[0] * 255).astype(np.uint8)
@@ -178,6 +211,7 @@ def run_export(model, output):
     """Exports ``model`` to ``output`` and returns a function images → probabilities using it."""
     import export
     from compat import TF1, tf
+
     assert export.main(['export.py', '--model=' + model, '--output=' + output]) == 0
     with open(os.path.join(output, 'serving.json')) as f:
         described = json.load(f)
@@ -191,8 +225,9 @@ def run_export(model, output):
     with graph.as_default():
         tf.import_graph_def(graph_def, name='')
     session = tf.compat.v1.Session(graph=graph)
-    return lambda x: session.run(described['outputs']['probabilities'],
-                                 {described['inputs']['images']: x})
+    return lambda x: session.run(
+        described['outputs']['probabilities'], {described['inputs']['images']: x}
+    )
 
 
 def test_export_takes_raw_images_and_matches_keras(run, tmp_path):
@@ -207,19 +242,24 @@ def test_export_takes_raw_images_and_matches_keras(run, tmp_path):
     model, prep = model_io.load_model(run.model)
     images = run.x_test[:8]
     # The graph's ZCA sums 3072 float32 products in another order than numpy does.
-    np.testing.assert_allclose(serve(images), model.predict(prep.apply(images), verbose=0),
-                               rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        serve(images), model.predict(prep.apply(images), verbose=0), rtol=1e-3, atol=1e-4
+    )
     assert (serve(images).argmax(1) == model.predict(prep.apply(images), verbose=0).argmax(1)).all()
 
 
 # ---------------------------------------------------------------- bad input
 
+
 def bad_models(runs, folder):
     """Model files that the tools must refuse: name → path."""
     import h5py
+
     os.makedirs(folder)
-    paths = {name: os.path.join(folder, name + '.h5')
-             for name in ('text', 'plain', 'mismatch', 'truncated')}
+    paths = {
+        name: os.path.join(folder, name + '.h5')
+        for name in ('text', 'plain', 'mismatch', 'truncated')
+    }
     with open(paths['text'], 'w') as f:
         f.write('not a model\n')
     for name in ('plain', 'mismatch'):
@@ -231,13 +271,14 @@ def bad_models(runs, folder):
     with open(runs['cifar10'].model, 'rb') as f:
         whole = f.read()
     with open(paths['truncated'], 'wb') as f:
-        f.write(whole[:len(whole) // 2])
+        f.write(whole[: len(whole) // 2])
     paths['missing'] = os.path.join(folder, 'missing.h5')
     return paths
 
 
 def expect_usage_error(capsys, module, argv, *words):
     import importlib
+
     assert importlib.import_module(module).main([module + '.py'] + argv) == 2
     out, err = capsys.readouterr()
     assert err.count('\n') == 1 and err.startswith('error: '), err
@@ -260,31 +301,69 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
         f.write('no images here\n')
     out = str(tmp_path / 'out.json')
     before = {r.result: sorted(os.listdir(r.result)) for r in runs.values()}
-    for name, words in (('missing', ['does not exist']), ('text', ['not an HDF5 file']),
-                        ('plain', ["no 'sesemi'"]), ('mismatch', ['inconsistent', '32x32x1']),
-                        ('truncated', ['truncated.h5'])):
+    for name, words in (
+        ('missing', ['does not exist']),
+        ('text', ['not an HDF5 file']),
+        ('plain', ["no 'sesemi'"]),
+        ('mismatch', ['inconsistent', '32x32x1']),
+        ('truncated', ['truncated.h5']),
+    ):
         model = '--model=' + models[name]
-        expect_usage_error(capsys, 'evaluate', [model, '--dataset=' + fashion.folder,
-                                                '--output=' + out], *words)
-        expect_usage_error(capsys, 'predict', [model, '--images=' + images, '--output=' + out], *words)
-        expect_usage_error(capsys, 'export', [model, '--output=' + str(tmp_path / 'export')], *words)
+        expect_usage_error(
+            capsys, 'evaluate', [model, '--dataset=' + fashion.folder, '--output=' + out], *words
+        )
+        expect_usage_error(
+            capsys, 'predict', [model, '--images=' + images, '--output=' + out], *words
+        )
+        expect_usage_error(
+            capsys, 'export', [model, '--output=' + str(tmp_path / 'export')], *words
+        )
     # A Fashion-MNIST model evaluated on CIFAR-10.
-    expect_usage_error(capsys, 'evaluate', ['--model=' + fashion.model, '--data=cifar10',
-                                            '--dataset=' + cifar.folder, '--output=' + out],
-                       'fashion_mnist, not cifar10')
+    expect_usage_error(
+        capsys,
+        'evaluate',
+        [
+            '--model=' + fashion.model,
+            '--data=cifar10',
+            '--dataset=' + cifar.folder,
+            '--output=' + out,
+        ],
+        'fashion_mnist, not cifar10',
+    )
     expect_usage_error(capsys, 'evaluate', ['--model=' + cifar.model, '--data=svhn'], 'not svhn')
-    expect_usage_error(capsys, 'evaluate', ['--model=' + cifar.model,
-                                            '--dataset=' + str(tmp_path / 'nowhere')], 'nowhere')
-    expect_usage_error(capsys, 'predict', ['--model=' + fashion.model, '--images=' + images,
-                                           '--output=' + out], 'notes.png', 'not a readable image')
-    expect_usage_error(capsys, 'predict', ['--model=' + fashion.model, '--images=' + empty],
-                       'holds no PNG/JPG/JPEG/BMP/GIF images')
+    expect_usage_error(
+        capsys,
+        'evaluate',
+        ['--model=' + cifar.model, '--dataset=' + str(tmp_path / 'nowhere')],
+        'nowhere',
+    )
+    expect_usage_error(
+        capsys,
+        'predict',
+        ['--model=' + fashion.model, '--images=' + images, '--output=' + out],
+        'notes.png',
+        'not a readable image',
+    )
+    expect_usage_error(
+        capsys,
+        'predict',
+        ['--model=' + fashion.model, '--images=' + empty],
+        'holds no PNG/JPG/JPEG/BMP/GIF images',
+    )
     expect_usage_error(capsys, 'predict', ['--model=' + fashion.model], 'no images')
-    expect_usage_error(capsys, 'predict', ['--model=' + fashion.model, '--images=' + images,
-                                           '--output=' + str(tmp_path / 'no' / 'out.json')],
-                       'does not exist')
-    expect_usage_error(capsys, 'export', ['--model=' + fashion.model, '--output=' + empty],
-                       'not an earlier export')
+    expect_usage_error(
+        capsys,
+        'predict',
+        [
+            '--model=' + fashion.model,
+            '--images=' + images,
+            '--output=' + str(tmp_path / 'no' / 'out.json'),
+        ],
+        'does not exist',
+    )
+    expect_usage_error(
+        capsys, 'export', ['--model=' + fashion.model, '--output=' + empty], 'not an earlier export'
+    )
     expect_usage_error(capsys, 'evaluate', ['--dataset=' + fashion.folder], 'model')
     assert not os.path.exists(out) and not os.path.exists(str(tmp_path / 'export'))
     assert os.listdir(empty) == ['readme.txt']
@@ -295,22 +374,34 @@ def test_bad_input_is_found_before_tensorflow_loads(runs, tmp_path):
     fashion = runs['fashion_mnist']
     with open(str(tmp_path / 'notes.png'), 'w') as f:
         f.write('not an image\n')
-    code = ('import sys, evaluate, predict\n'
-            'codes = [evaluate.main(["evaluate.py", "--model=%s", "--data=cifar10"]),\n'
-            '         predict.main(["predict.py", "--model=%s", "--images=%s"])]\n'
-            'print(codes, "tensorflow" in sys.modules)\n'
-            % (fashion.model, fashion.model, str(tmp_path / 'notes.png')))
-    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+    code = (
+        'import sys, evaluate, predict\n'
+        'codes = [evaluate.main(["evaluate.py", "--model=%s", "--data=cifar10"]),\n'
+        '         predict.main(["predict.py", "--model=%s", "--images=%s"])]\n'
+        'print(codes, "tensorflow" in sys.modules)\n'
+        % (fashion.model, fashion.model, str(tmp_path / 'notes.png'))
+    )
+    proc = subprocess.run(
+        [sys.executable, '-c', code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=300,
+    )
     assert proc.stdout.split() == ['[2,', '2]', 'False'], proc.stdout + proc.stderr
     assert len(proc.stderr.splitlines()) == 2, proc.stderr
 
 
 def test_command_lines_print_nothing_on_stderr(runs, tmp_path):
     fashion = runs['fashion_mnist']
-    for script, args in (('evaluate.py', ['--dataset=' + fashion.folder,
-                                          '--output=' + str(tmp_path / 'evaluation.json')]),
-                         ('export.py', ['--output=' + str(tmp_path / 'export')])):
+    for script, args in (
+        (
+            'evaluate.py',
+            ['--dataset=' + fashion.folder, '--output=' + str(tmp_path / 'evaluation.json')],
+        ),
+        ('export.py', ['--output=' + str(tmp_path / 'export')]),
+    ):
         proc = cli(script, ['--model=' + fashion.model] + args)
         assert proc.returncode == 0 and proc.stderr == '', (script, proc.stderr[-3000:])
 

@@ -83,6 +83,7 @@ def test_dropout_adds_dropout_layers(name):
 
 def test_get_returns_the_module_builder():
     import importlib
+
     for name in NAMES:
         assert networks.get(name) is importlib.import_module('networks.' + name).create_network
 

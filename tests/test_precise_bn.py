@@ -30,6 +30,7 @@ def small_model(seed=0):
     """Input → trunk (BatchNorm, 1×1 convolution, BatchNorm) → pooling → softmax, with random
     BatchNorm scales and offsets."""
     from networks import layers
+
     inputs = keras.layers.Input(SHAPE)
     x = layers.BatchNormalization(epsilon=EPSILON, name='bn1')(inputs)
     x = keras.layers.Conv2D(4, 1, name='conv')(x)
@@ -37,7 +38,8 @@ def small_model(seed=0):
     trunk = keras.Model(inputs, x, name='trunk')
     outer = keras.layers.Input(SHAPE)
     y = keras.layers.Dense(3, activation='softmax')(
-        keras.layers.GlobalAveragePooling2D()(trunk(outer)))
+        keras.layers.GlobalAveragePooling2D()(trunk(outer))
+    )
     model = keras.Model(outer, y)
     rng = np.random.RandomState(seed)
     for bn in (trunk.get_layer('bn1'), trunk.get_layer('bn2')):
@@ -60,13 +62,12 @@ def numpy_precise(images, trunk, batch):
 
     def normalise(f, bn):
         mean, var = f.reshape(-1, f.shape[-1]).mean(0), f.reshape(-1, f.shape[-1]).var(0)
-        return ((f - mean) / np.sqrt(var + EPSILON) * K.get_value(bn.gamma)
-                + K.get_value(bn.beta))
+        return (f - mean) / np.sqrt(var + EPSILON) * K.get_value(bn.gamma) + K.get_value(bn.beta)
 
     sums = None
     count = len(images) // batch
     for k in range(count):
-        x = images[k * batch:(k + 1) * batch].astype(np.float64)
+        x = images[k * batch : (k + 1) * batch].astype(np.float64)
         f = normalise(x, bn1).reshape(-1, SHAPE[-1]).dot(kernel.reshape(SHAPE[-1], -1)) + bias
         f = f.reshape(x.shape[:3] + (-1,))
         stats = moments(x) + moments(f)
@@ -80,8 +81,11 @@ def test_recomputed_statistics_equal_a_numpy_average_over_the_same_batches():
     images = rng.normal(2.0, 3.0, (20,) + SHAPE).astype(np.float32)
     batches = tf.data.Dataset.from_tensor_slices(({'super_data': images}, images[:, 0, 0, 0]))
     precise_bn.recompute(model, batches.batch(4), 5)
-    got = [K.get_value(v) for name in ('bn1', 'bn2')
-           for v in (trunk.get_layer(name).moving_mean, trunk.get_layer(name).moving_variance)]
+    got = [
+        K.get_value(v)
+        for name in ('bn1', 'bn2')
+        for v in (trunk.get_layer(name).moving_mean, trunk.get_layer(name).moving_variance)
+    ]
     for value, want in zip(got, numpy_precise(images, trunk, 4)):
         np.testing.assert_allclose(value, want, rtol=1e-4, atol=1e-5)
     # The moving statistics before were the initial 0 / 1: far from these.
@@ -116,21 +120,38 @@ def test_the_batches_are_fixed_and_none_of_the_training_stream():
 
 # ----------------------------------------------------------------- end to end
 
-TINY = ['--data=fashion_mnist', '--network=convnet', '--width=0.0625', '--labels=20',
-        '--batch_size=2', '--epochs=2', '--max_steps=6', '--mode=asl']
+TINY = [
+    '--data=fashion_mnist',
+    '--network=convnet',
+    '--width=0.0625',
+    '--labels=20',
+    '--batch_size=2',
+    '--epochs=2',
+    '--max_steps=6',
+    '--mode=asl',
+]
 
 
 def run(tool, args):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    return subprocess.run([sys.executable, os.path.join(ROOT, tool)] + args, cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, tool)] + args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
 
 
 def checkpoint_values(result):
     reader = tf.train.load_checkpoint(os.path.join(result, 'checkpoints'))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if 'save_counter' not in name}
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if 'save_counter' not in name
+    }
 
 
 def model_file_weights(path):
@@ -145,14 +166,18 @@ def model_file_weights(path):
 def paired_runs(tmp_path_factory):
     """One deterministic asl run without and one with --precise_bn=3."""
     from conftest import write_fashion_mnist
+
     base = tmp_path_factory.mktemp('precise')
     data = write_fashion_mnist(str(base / 'fashion'))
     runs = {}
     for name, extra in (('moving', []), ('precise', ['--precise_bn=3'])):
         result = str(base / name)
-        proc = run('train_evaluate_asl2.py', TINY + ['--dataset=' + data, '--result=' + result,
-                                                     '--deterministic', '--super_dropout=0']
-                   + extra)
+        proc = run(
+            'train_evaluate_asl2.py',
+            TINY
+            + ['--dataset=' + data, '--result=' + result, '--deterministic', '--super_dropout=0']
+            + extra,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = (proc, result)
     return data, runs
@@ -160,7 +185,8 @@ def paired_runs(tmp_path_factory):
 
 @pytest.mark.slow
 def test_the_flag_changes_no_trained_weight_and_model_h5_carries_the_precise_statistics(
-        paired_runs):
+    paired_runs,
+):
     _, runs = paired_runs
     (plain_proc, plain), (precise_proc, precise) = runs['moving'], runs['precise']
     trained, flagged = checkpoint_values(plain), checkpoint_values(precise)
@@ -173,10 +199,15 @@ def test_the_flag_changes_no_trained_weight_and_model_h5_carries_the_precise_sta
         plain_result = json.load(f)
     with open(os.path.join(precise, 'result.json')) as f:
         precise_result = json.load(f)
-    assert plain_result['model_statistics'] == 'moving' and 'error_dense_precise' not in plain_result
+    assert (
+        plain_result['model_statistics'] == 'moving' and 'error_dense_precise' not in plain_result
+    )
     assert precise_result['model_statistics'] == 'precise' and precise_result['precise_bn'] == 3
-    assert precise_result['error_dense_moving'] == precise_result['error_dense'] == \
-        plain_result['error_dense']
+    assert (
+        precise_result['error_dense_moving']
+        == precise_result['error_dense']
+        == plain_result['error_dense']
+    )
     assert 0.0 <= precise_result['error_dense_precise'] <= 1.0
     assert 'Precise BatchNorm statistics (3 batches' in precise_proc.stdout
     # --deterministic makes TF 2's tf.data log a C++ line about each rewritten parallel map.
@@ -196,8 +227,15 @@ def test_the_flag_changes_no_trained_weight_and_model_h5_carries_the_precise_sta
 def test_post_hoc_on_model_h5_equals_the_runs_own(paired_runs, tmp_path):
     data, runs = paired_runs
     output = str(tmp_path / 'evaluation.json')
-    proc = run('evaluate.py', ['--model=' + os.path.join(runs['moving'][1], 'model.h5'),
-                               '--dataset=' + data, '--precise_bn=3', '--output=' + output])
+    proc = run(
+        'evaluate.py',
+        [
+            '--model=' + os.path.join(runs['moving'][1], 'model.h5'),
+            '--dataset=' + data,
+            '--precise_bn=3',
+            '--output=' + output,
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(output) as f:
         post_hoc = json.load(f)
@@ -211,6 +249,7 @@ def test_post_hoc_on_model_h5_equals_the_runs_own(paired_runs, tmp_path):
 @pytest.mark.slow
 def test_post_hoc_without_the_runs_files_is_one_line(paired_runs, tmp_path):
     import shutil
+
     data, runs = paired_runs
     model = str(tmp_path / 'model.h5')
     shutil.copy(os.path.join(runs['moving'][1], 'model.h5'), model)
@@ -222,8 +261,11 @@ def test_post_hoc_without_the_runs_files_is_one_line(paired_runs, tmp_path):
 
 @pytest.mark.parametrize('tool', ['train_evaluate_asl2.py', 'evaluate.py'])
 def test_a_negative_count_is_a_usage_error(tool, tmp_path):
-    args = ['--precise_bn=-1', '--model=' + str(tmp_path / 'model.h5')] if tool == 'evaluate.py' \
+    args = (
+        ['--precise_bn=-1', '--model=' + str(tmp_path / 'model.h5')]
+        if tool == 'evaluate.py'
         else ['--precise_bn=-1', '--result=' + str(tmp_path / 'r')]
+    )
     proc = run(tool, args)
     assert proc.returncode == 2 and proc.stderr.count('\n') == 1, proc.stderr
     assert 'precise_bn' in proc.stderr and 'Traceback' not in proc.stderr
@@ -236,16 +278,29 @@ def test_on_an_image_folder(tmp_path):
     broken = write_image_folder(root, per_class=10, unlabeled=0, test_folder=True)
     os.remove(os.path.join(root, broken))
     result = str(tmp_path / 'run')
-    proc = run('train_evaluate_asl2.py', ['--data=folder', '--dataset=' + root, '--image_size=16',
-                                          '--network=convnet', '--width=0.0625', '--batch_size=2',
-                                          '--max_steps=3', '--result=' + result,
-                                          '--mode=asl', '--precise_bn=2'])
+    proc = run(
+        'train_evaluate_asl2.py',
+        [
+            '--data=folder',
+            '--dataset=' + root,
+            '--image_size=16',
+            '--network=convnet',
+            '--width=0.0625',
+            '--batch_size=2',
+            '--max_steps=3',
+            '--result=' + result,
+            '--mode=asl',
+            '--precise_bn=2',
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(result, 'result.json')) as f:
         final = json.load(f)
     output = str(tmp_path / 'evaluation.json')
-    proc = run('evaluate.py', ['--model=' + os.path.join(result, 'model.h5'), '--precise_bn=2',
-                               '--output=' + output])
+    proc = run(
+        'evaluate.py',
+        ['--model=' + os.path.join(result, 'model.h5'), '--precise_bn=2', '--output=' + output],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(output) as f:
         assert json.load(f)['error_dense_precise'] == final['error_dense_precise']
@@ -256,9 +311,20 @@ def test_on_an_image_folder(tmp_path):
 def test_under_two_replicas(paired_runs, tmp_path):
     data, runs = paired_runs
     result = str(tmp_path / 'mirrored')
-    proc = run('train_evaluate_asl2.py', TINY + [
-        '--dataset=' + data, '--result=' + result, '--deterministic', '--super_dropout=0',
-        '--distribute=mirrored', '--cpu_replicas=2', '--sync_bn', '--precise_bn=3'])
+    proc = run(
+        'train_evaluate_asl2.py',
+        TINY
+        + [
+            '--dataset=' + data,
+            '--result=' + result,
+            '--deterministic',
+            '--super_dropout=0',
+            '--distribute=mirrored',
+            '--cpu_replicas=2',
+            '--sync_bn',
+            '--precise_bn=3',
+        ],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(os.path.join(result, 'result.json')) as f:
         final = json.load(f)
@@ -270,5 +336,6 @@ def test_under_two_replicas(paired_runs, tmp_path):
 
 
 def test_a_count_that_is_no_integer_is_a_usage_error(tiny_fashion, tmp_path, capsys):
-    expect_usage_error(capsys, TINY + ['--dataset=' + tiny_fashion, '--precise_bn=x'],
-                       '--precise_bn')
+    expect_usage_error(
+        capsys, TINY + ['--dataset=' + tiny_fashion, '--precise_bn=x'], '--precise_bn'
+    )

@@ -37,8 +37,14 @@ def make_dry_run(*args):
     """What make would run for ``args`` (-B: as if nothing were built yet)."""
     if not shutil.which('make'):
         pytest.skip('make is not installed')
-    proc = subprocess.run(['make', '-n', '-B'] + list(args), cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    proc = subprocess.run(
+        ['make', '-n', '-B'] + list(args),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -46,7 +52,9 @@ def make_dry_run(*args):
 def test_setup_gpu_builds_its_own_venv_from_the_gpu_requirements():
     commands = make_dry_run('setup-gpu')
     assert 'python3.11 -m venv .venv-gpu\n' in commands
-    assert '.venv-gpu/bin/pip install -q -r requirements-gpu.txt -r requirements-dev.txt\n' in commands
+    assert (
+        '.venv-gpu/bin/pip install -q -r requirements-gpu.txt -r requirements-dev.txt\n' in commands
+    )
     assert 'requirements.txt' not in commands.replace('-gpu.txt', '').replace('-dev.txt', '')
     assert not re.search(r'(^|\s)\.venv/', commands)  # the CPU venv is left alone
 
@@ -78,10 +86,14 @@ def test_gpu_requirements_pin_every_package_exactly():
 
 def test_gpu_requirements_match_the_cpu_ones_apart_from_tensorflow():
     gpu = requirements('requirements-gpu.txt')
-    cpu = {name: version for name, (_, version, marker) in requirements('requirements.txt').items()
-           if marker in (None, TF2_MARKER) and name != 'tensorflow-cpu'}
-    assert sorted(cpu) == sorted(name for name in gpu
-                                 if name != 'tensorflow' and not name.startswith('nvidia-'))
+    cpu = {
+        name: version
+        for name, (_, version, marker) in requirements('requirements.txt').items()
+        if marker in (None, TF2_MARKER) and name != 'tensorflow-cpu'
+    }
+    assert sorted(cpu) == sorted(
+        name for name in gpu if name != 'tensorflow' and not name.startswith('nvidia-')
+    )
     for name, version in cpu.items():
         assert version is None or gpu[name][1] == version, name
 
@@ -96,8 +108,11 @@ def test_cuda_pins_are_tensorflows_and_cuda_extra():
     extra = {}
     for text in importlib_metadata.requires('tensorflow'):
         req = requirement.Requirement(text)
-        if req.marker is not None and req.marker.evaluate({'extra': 'and-cuda'}) \
-                and not req.marker.evaluate({'extra': ''}):
+        if (
+            req.marker is not None
+            and req.marker.evaluate({'extra': 'and-cuda'})
+            and not req.marker.evaluate({'extra': ''})
+        ):
             extra[req.name.lower()] = req.specifier
     gpu = requirements('requirements-gpu.txt')
     nvidia = {name: version for name, (_, version, _) in gpu.items() if name.startswith('nvidia-')}

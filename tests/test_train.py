@@ -11,27 +11,57 @@ import pytest
 import train_evaluate_asl2 as entry
 from conftest import ROOT, expect_usage_error, write_cifar10
 
-TINY = ['--network=convnet', '--width=0.0625', '--labels=20', '--batch_size=2', '--epochs=2',
-        '--max_steps=6']
+TINY = [
+    '--network=convnet',
+    '--width=0.0625',
+    '--labels=20',
+    '--batch_size=2',
+    '--epochs=2',
+    '--max_steps=6',
+]
 
 
 def run_cli(args, cwd=ROOT):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES='')
-    return subprocess.run([sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py')] + args,
-                          cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py')] + args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize('mode', ['asl', 'sesemi', 'supervised'])
 def test_training_leaves_every_result_file(tiny_cifar10, tmp_path, mode):
     result = str(tmp_path / 'result')
-    proc = run_cli(['--data=cifar10', '--dataset=' + tiny_cifar10, '--mode=' + mode,
-                    '--result=' + result, '--eval_every=1'] + TINY)
+    proc = run_cli(
+        [
+            '--data=cifar10',
+            '--dataset=' + tiny_cifar10,
+            '--mode=' + mode,
+            '--result=' + result,
+            '--eval_every=1',
+        ]
+        + TINY
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr == ''  # TensorFlow's start-up lines and warnings are hidden
-    assert set(os.listdir(result)) >= {'args.json', 'split.json', 'metrics.jsonl', 'result.json',
-                                        'model.h5', 'train.log', 'tensorboard', 'checkpoints'}
-    assert any(n.startswith('events.out.tfevents') for n in os.listdir(os.path.join(result, 'tensorboard')))
+    assert set(os.listdir(result)) >= {
+        'args.json',
+        'split.json',
+        'metrics.jsonl',
+        'result.json',
+        'model.h5',
+        'train.log',
+        'tensorboard',
+        'checkpoints',
+    }
+    assert any(
+        n.startswith('events.out.tfevents') for n in os.listdir(os.path.join(result, 'tensorboard'))
+    )
     with open(os.path.join(result, 'train.log')) as f:
         log = f.read()
     assert log.count('\n') == 1 and 'epoch 1/1' in log
@@ -48,8 +78,15 @@ def test_training_leaves_every_result_file(tiny_cifar10, tmp_path, mode):
     # capped at 6 steps); the sesemi pool is all 100 images (50 steps per epoch).
     assert [r['epoch'] for r in rows] == [1]
     assert rows[-1]['step'] == 6
-    for key in ('lr', 'loss', 'super_loss', 'ms_per_step', 'images_per_sec', 'error_dense',
-                'error_single'):
+    for key in (
+        'lr',
+        'loss',
+        'super_loss',
+        'ms_per_step',
+        'images_per_sec',
+        'error_dense',
+        'error_single',
+    ):
         assert np.isfinite(rows[-1][key]), key
     assert (rows[-1]['self_loss'] is None) == (mode == 'supervised')
     assert rows[-1]['lr'] == pytest.approx(0.0, abs=1e-9)  # the schedule spans the capped run
@@ -63,12 +100,24 @@ def test_training_leaves_every_result_file(tiny_cifar10, tmp_path, mode):
 def test_eval_every_steps_evaluates_inside_long_epochs(tiny_cifar10, tmp_path):
     # sesemi on 100 images at batch 2: one epoch of 50 steps, of which 20 are run.
     result = str(tmp_path / 'result')
-    proc = run_cli(['--data=cifar10', '--dataset=' + tiny_cifar10, '--mode=sesemi',
-                    '--result=' + result, '--eval_every_steps=6', '--network=convnet',
-                    '--width=0.0625', '--labels=20', '--batch_size=2', '--epochs=1',
-                    '--max_steps=20'])
+    proc = run_cli(
+        [
+            '--data=cifar10',
+            '--dataset=' + tiny_cifar10,
+            '--mode=sesemi',
+            '--result=' + result,
+            '--eval_every_steps=6',
+            '--network=convnet',
+            '--width=0.0625',
+            '--labels=20',
+            '--batch_size=2',
+            '--epochs=1',
+            '--max_steps=20',
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from compat import TF1
+
     with open(os.path.join(result, 'args.json')) as f:  # TF 2: divides the interval and the epoch
         assert json.load(f)['steps_per_execution'] == (1 if TF1 else 2)
     with open(os.path.join(result, 'metrics.jsonl')) as f:
@@ -86,24 +135,36 @@ def test_eval_every_steps_evaluates_inside_long_epochs(tiny_cifar10, tmp_path):
 
 def test_dry_run_prints_parameter_count_and_writes_nothing(tiny_cifar10, tmp_path):
     result = str(tmp_path / 'never')
-    proc = run_cli(['--data=cifar10', '--dataset=' + tiny_cifar10, '--network=convnet',
-                    '--mode=asl', '--labels=20', '--dry_run', '--result=' + result])
+    proc = run_cli(
+        [
+            '--data=cifar10',
+            '--dataset=' + tiny_cifar10,
+            '--network=convnet',
+            '--mode=asl',
+            '--labels=20',
+            '--dry_run',
+            '--result=' + result,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'Total params: 3,128,720' in proc.stdout
     assert not os.path.exists(result)
 
 
-@pytest.mark.parametrize('argv,words', [
-    (['--labels=200'], ['larger than the training set']),
-    (['--labels=25'], ['multiple of the 10 classes']),
-    (['--labels=5'], ['multiple of the 10 classes']),
-    (['--network=resnet'], ['resnet', 'convnet', 'nin', 'wrn']),
-    (['--data=mnist'], ['mnist', 'cifar10', 'svhn']),
-    (['--mode=semi'], ['semi']),
-    (['--epochs=0'], ['epochs']),
-    (['--image_size=64'], ['--image_size=64', '--data=folder']),
-    (['--no_such_flag=1'], ['no_such_flag']),
-])
+@pytest.mark.parametrize(
+    'argv,words',
+    [
+        (['--labels=200'], ['larger than the training set']),
+        (['--labels=25'], ['multiple of the 10 classes']),
+        (['--labels=5'], ['multiple of the 10 classes']),
+        (['--network=resnet'], ['resnet', 'convnet', 'nin', 'wrn']),
+        (['--data=mnist'], ['mnist', 'cifar10', 'svhn']),
+        (['--mode=semi'], ['semi']),
+        (['--epochs=0'], ['epochs']),
+        (['--image_size=64'], ['--image_size=64', '--data=folder']),
+        (['--no_such_flag=1'], ['no_such_flag']),
+    ],
+)
 def test_bad_flags(capsys, tiny_cifar10, argv, words):
     expect_usage_error(capsys, ['--dataset=' + tiny_cifar10, '--dry_run'] + argv, *words)
 
@@ -121,11 +182,12 @@ def test_truncated_file_and_bad_labels(capsys, tmp_path):
     with open(path, 'rb') as f:
         data = f.read()
     with open(path, 'wb') as f:
-        f.write(data[:len(data) // 2])
+        f.write(data[: len(data) // 2])
     expect_usage_error(capsys, ['--dataset=' + folder, '--dry_run'], 'test_batch')
 
     folder = write_cifar10(str(tmp_path / 'c10b'))
     import pickle
+
     path = os.path.join(folder, 'data_batch_1')
     with open(path, 'rb') as f:
         batch = pickle.load(f, encoding='latin1')
@@ -138,8 +200,11 @@ def test_truncated_file_and_bad_labels(capsys, tmp_path):
 def test_unwritable_result_folder(capsys, tiny_cifar10, tmp_path):
     blocker = tmp_path / 'file'
     blocker.write_text('not a folder')
-    expect_usage_error(capsys, ['--dataset=' + tiny_cifar10, '--labels=20',
-                                '--result=' + str(blocker / 'result')], 'result folder')
+    expect_usage_error(
+        capsys,
+        ['--dataset=' + tiny_cifar10, '--labels=20', '--result=' + str(blocker / 'result')],
+        'result folder',
+    )
 
 
 def test_cli_bad_input_is_one_line_without_traceback(tmp_path):

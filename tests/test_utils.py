@@ -34,7 +34,9 @@ def test_zca_matrix_is_inverse_sqrt_of_regularised_covariance():
     w = zca.matrix.astype(np.float64)
     np.testing.assert_allclose(w, w.T, atol=1e-5)
     np.testing.assert_allclose(w @ cov @ w, np.eye(16), atol=1e-4)
-    np.testing.assert_allclose(zca(x).reshape(200, -1), (flat - flat.mean(0)) @ w, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        zca(x).reshape(200, -1), (flat - flat.mean(0)) @ w, rtol=1e-4, atol=1e-4
+    )
     np.testing.assert_allclose(zca(x).reshape(200, -1).mean(0), 0, atol=1e-5)
     u, s, _ = np.linalg.svd(cov)  # the reference's construction
     np.testing.assert_allclose(w, u @ np.diag(1 / np.sqrt(s + 1e-10)) @ u.T, atol=1e-5)
@@ -70,34 +72,49 @@ def test_labeled_indices_all_and_bad_counts():
 def test_geometric_transform_matches_numpy():
     img = np.random.RandomState(0).rand(32, 32, 3).astype(np.float32)
     views, labels = utils.geometric_transform(img)
-    expected = [np.rot90(img, 0), np.rot90(img, 1), np.rot90(img, 2), np.rot90(img, 3),
-                np.fliplr(img), np.flipud(img)]
+    expected = [
+        np.rot90(img, 0),
+        np.rot90(img, 1),
+        np.rot90(img, 2),
+        np.rot90(img, 3),
+        np.fliplr(img),
+        np.flipud(img),
+    ]
     np.testing.assert_array_equal(views, np.stack(expected))
     np.testing.assert_array_equal(labels, np.eye(6))
 
 
 def test_proxy_transforms_in_graph_equal_numpy():
     from compat import tf
+
     imgs = np.random.RandomState(1).rand(3, 32, 32, 3).astype(np.float32)
     views, labels = to_numpy(utils.proxy_transforms(tf.constant(imgs)))
     assert views.shape == (18, 32, 32, 3)
     for n in range(3):
         exp_views, exp_labels = utils.geometric_transform(imgs[n])
-        np.testing.assert_array_equal(views[6 * n:6 * n + 6], exp_views)
-        np.testing.assert_array_equal(labels[6 * n:6 * n + 6], exp_labels)
+        np.testing.assert_array_equal(views[6 * n : 6 * n + 6], exp_views)
+        np.testing.assert_array_equal(labels[6 * n : 6 * n + 6], exp_labels)
 
 
 def test_shift_matches_scipy_reflect_for_every_offset():
     from compat import tf
+
     img = np.random.RandomState(2).rand(1, 8, 8, 2).astype(np.float32)
     offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
     batch = np.repeat(img, len(offsets), axis=0)
     dy = np.array([o[0] for o in offsets], np.int32)
     dx = np.array([o[1] for o in offsets], np.int32)
-    got, got_flipped = to_numpy([
-        utils.shift_images(tf.constant(batch), tf.constant(dy), tf.constant(dx)),
-        utils.shift_images(tf.constant(batch), tf.constant(dy), tf.constant(dx),
-                           tf.constant(np.arange(len(offsets)) % 2 == 0))])
+    got, got_flipped = to_numpy(
+        [
+            utils.shift_images(tf.constant(batch), tf.constant(dy), tf.constant(dx)),
+            utils.shift_images(
+                tf.constant(batch),
+                tf.constant(dy),
+                tf.constant(dx),
+                tf.constant(np.arange(len(offsets)) % 2 == 0),
+            ),
+        ]
+    )
     got_np = utils.shift_numpy(batch, dy, dx)
     for k, (y, x) in enumerate(offsets):
         expected = ndimage.shift(img[0], (y, x, 0), mode='reflect', order=0)
@@ -108,17 +125,27 @@ def test_shift_matches_scipy_reflect_for_every_offset():
 
 def test_random_augmentations_are_seeded_and_in_range():
     from compat import tf
+
     imgs = np.random.RandomState(3).rand(64, 8, 8, 1).astype(np.float32)
     seed = tf.constant([5, 7], tf.int64)
     flip_seed = tf.constant([5, 8], tf.int64)
-    shifted, shifted_again, flipped, noisy = to_numpy([
-        utils.random_shift(tf.constant(imgs), seed), utils.random_shift(tf.constant(imgs), seed),
-        utils.random_shift(tf.constant(imgs), seed, flip_seed), utils.add_noise(tf.constant(imgs), seed)])
+    shifted, shifted_again, flipped, noisy = to_numpy(
+        [
+            utils.random_shift(tf.constant(imgs), seed),
+            utils.random_shift(tf.constant(imgs), seed),
+            utils.random_shift(tf.constant(imgs), seed, flip_seed),
+            utils.add_noise(tf.constant(imgs), seed),
+        ]
+    )
     np.testing.assert_array_equal(shifted, shifted_again)
     found = set()
     for img, out in zip(imgs, shifted):
-        match = [(y, x) for y in range(-2, 3) for x in range(-2, 3)
-                 if np.array_equal(out, utils.shift_numpy(img[None], [y], [x])[0])]
+        match = [
+            (y, x)
+            for y in range(-2, 3)
+            for x in range(-2, 3)
+            if np.array_equal(out, utils.shift_numpy(img[None], [y], [x])[0])
+        ]
         assert match
         found.add(match[0])
     assert len(found) > 10  # many of the 25 offsets occur
@@ -132,10 +159,15 @@ def test_random_augmentations_are_seeded_and_in_range():
 def test_noise_is_standard_normal_and_seeded():
     from compat import tf
     from scipy import stats
+
     seed = tf.constant([3, 9], tf.int64)
-    z, again, other = to_numpy([utils.standard_normal(tf.constant([7, 101, 3]), seed),
-                                utils.standard_normal(tf.constant([7, 101, 3]), seed),
-                                utils.standard_normal(tf.constant([7, 101, 3]), seed + 1)])
+    z, again, other = to_numpy(
+        [
+            utils.standard_normal(tf.constant([7, 101, 3]), seed),
+            utils.standard_normal(tf.constant([7, 101, 3]), seed),
+            utils.standard_normal(tf.constant([7, 101, 3]), seed + 1),
+        ]
+    )
     assert z.shape == (7, 101, 3) and np.isfinite(z).all()
     np.testing.assert_array_equal(z, again)
     assert not np.allclose(z, other)
@@ -147,10 +179,11 @@ def test_noise_is_standard_normal_and_seeded():
 
 def test_lr_schedule_start_middle_end():
     from compat import to_float
+
     schedule = utils.lr_schedule(0.05, 1000, 0.5)
     assert to_float(schedule(0)) == pytest.approx(0.05)
-    assert to_float(schedule(500)) == pytest.approx(0.05 * 0.5 ** 0.5, rel=1e-5)
-    assert to_float(schedule(750)) == pytest.approx(0.05 * 0.25 ** 0.5, rel=1e-5)
+    assert to_float(schedule(500)) == pytest.approx(0.05 * 0.5**0.5, rel=1e-5)
+    assert to_float(schedule(750)) == pytest.approx(0.05 * 0.25**0.5, rel=1e-5)
     assert to_float(schedule(1000)) == pytest.approx(0.0, abs=1e-9)
 
 
@@ -164,8 +197,12 @@ def test_dense_views():
     np.testing.assert_array_equal(views[:, 5], views[:, 1, :, ::-1])
     assert abs(np.std(views[:, 2] - x) - 0.15) < 0.02
     for img, shifted in zip(x, views[:, 1]):
-        offsets = [(y, z) for y in (-2, -1, 1, 2) for z in (-2, -1, 1, 2)
-                   if np.array_equal(shifted, utils.shift_numpy(img[None], [y], [z])[0])]
+        offsets = [
+            (y, z)
+            for y in (-2, -1, 1, 2)
+            for z in (-2, -1, 1, 2)
+            if np.array_equal(shifted, utils.shift_numpy(img[None], [y], [z])[0])
+        ]
         assert offsets  # a nonzero shift on both axes
     assert utils.dense_views(x, False, np.random.RandomState(1)).shape == (6, 4, 8, 8, 3)
 
@@ -173,6 +210,7 @@ def test_dense_views():
 def test_evaluate_perfect_and_chance_models():
     class Oracle:
         """Predicts class = sign of the mean pixel, robust to the views' noise."""
+
         def predict(self, x, batch_size=None, verbose=0):
             positive = x.reshape(len(x), -1).mean(axis=1) > 0
             return np.stack([~positive, positive], axis=1).astype(np.float32)
@@ -181,7 +219,10 @@ def test_evaluate_perfect_and_chance_models():
     y = np.array([0] * 5 + [1] * 5)
     errors = utils.evaluate(Oracle(), x, y, hflip=True, chunk=3)
     assert errors == {'error_single': 0.0, 'error_dense': 0.0}
-    assert utils.evaluate(Oracle(), x, 1 - y, hflip=False) == {'error_single': 1.0, 'error_dense': 1.0}
+    assert utils.evaluate(Oracle(), x, 1 - y, hflip=False) == {
+        'error_single': 1.0,
+        'error_dense': 1.0,
+    }
 
 
 def test_batch_sampler_walks_permutations_and_depends_only_on_the_step():
@@ -198,8 +239,9 @@ def test_batch_sampler_walks_permutations_and_depends_only_on_the_step():
     for t in (5, 2, 6):
         np.testing.assert_array_equal(other.batch(t)[0], steps[t][0])
         np.testing.assert_array_equal(other.batch(t)[1], steps[t][1])
-    assert not np.array_equal(utils.BatchSampler(labeled_set, pool_set, 4, 3, seed=1).batch(0)[0],
-                              steps[0][0])
+    assert not np.array_equal(
+        utils.BatchSampler(labeled_set, pool_set, 4, 3, seed=1).batch(0)[0], steps[0][0]
+    )
 
 
 def test_dataset_started_at_a_step_continues_the_stream():
@@ -239,9 +281,16 @@ def test_training_dataset_batch_composition_and_determinism():
     # with its own label.
     for img, label in zip(inputs['super_data'][:8], targets['super_clf'][:8]):
         candidates = [k for k in range(40) if np.argmax(y[k]) == np.argmax(label)]
-        best = min(np.abs(img - v).mean() for k in candidates for v in
-                   (utils.shift_numpy(x[k:k + 1], [a], [b])[0][:, ::f]
-                    for a in range(-2, 3) for b in range(-2, 3) for f in (1, -1)))
+        best = min(
+            np.abs(img - v).mean()
+            for k in candidates
+            for v in (
+                utils.shift_numpy(x[k : k + 1], [a], [b])[0][:, ::f]
+                for a in range(-2, 3)
+                for b in range(-2, 3)
+                for f in (1, -1)
+            )
+        )
         assert best < 0.15  # mean |noise| of N(0, 0.15²) is 0.12
 
 
@@ -249,16 +298,19 @@ def test_supervised_dataset_has_no_self_branch():
     x = np.zeros((20, 32, 32, 1), np.float32)
     y = np.eye(2, dtype=np.float32)[np.arange(20) % 2]
     sampler = utils.BatchSampler(np.arange(20), [], 12, 16, seed=0)
-    (inputs, targets), = take(utils.make_dataset(x, y, sampler, seed=0, hflip=False))
+    ((inputs, targets),) = take(utils.make_dataset(x, y, sampler, seed=0, hflip=False))
     assert set(inputs) == {'super_data'} and set(targets) == {'super_clf'}
     assert inputs['super_data'].shape == (12, 32, 32, 1)
 
 
-@pytest.mark.parametrize('name,full,inference', [
-    ('convnet', 3128720, 3127946), ('nin', 1011600, 1010442), ('wrn', 1472000, 1471226)])
+@pytest.mark.parametrize(
+    'name,full,inference',
+    [('convnet', 3128720, 3127946), ('nin', 1011600, 1010442), ('wrn', 1472000, 1471226)],
+)
 def test_two_headed_model_parameter_counts(name, full, inference):
     import networks
     from compat import K
+
     K.clear_session()
     trunk = networks.get(name)((32, 32, 3))
     train, infer = utils.build_models(trunk, (32, 32, 3), 10, True, 0.2)
@@ -278,15 +330,24 @@ def test_replica_slices_put_together_are_the_single_device_step(convert):
     options = dict(convert=lambda t: t * 2.0 - 1.0) if convert else {}
     images = x if convert else x.astype(np.float32) / 255.0
     whole = take(utils.make_dataset(images, y, sampler, 2, True, first_step=3, **options), 2)
-    halves = take(utils.make_dataset(images, y, sampler, 2, True, first_step=3, parts=(0, 1),
-                                     n_parts=2, **options), 4)
-    second = take(utils.make_dataset(images, y, sampler, 2, True, first_step=3, parts=(1,),
-                                     n_parts=2, **options), 1)[0]
+    halves = take(
+        utils.make_dataset(
+            images, y, sampler, 2, True, first_step=3, parts=(0, 1), n_parts=2, **options
+        ),
+        4,
+    )
+    second = take(
+        utils.make_dataset(
+            images, y, sampler, 2, True, first_step=3, parts=(1,), n_parts=2, **options
+        ),
+        1,
+    )[0]
     for step, (inputs, targets) in enumerate(whole):
         for name, part in list(inputs.items()) + list(targets.items()):
             pieces = [halves[2 * step + k][name in targets][name] for k in (0, 1)]
-            np.testing.assert_allclose(np.concatenate(pieces), part, rtol=0, atol=1e-6,
-                                       err_msg=name)
+            np.testing.assert_allclose(
+                np.concatenate(pieces), part, rtol=0, atol=1e-6, err_msg=name
+            )
     np.testing.assert_array_equal(second[0]['super_data'], halves[1][0]['super_data'])
     with pytest.raises(ValueError):
         utils.make_dataset(images, y, sampler, 2, True, n_parts=3)
