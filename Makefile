@@ -1,5 +1,5 @@
 # make demo       - set up .venv and Fashion-MNIST, train SESEMI and the supervised baseline, compare
-# make test       - run the test suite under both TensorFlow generations
+# make test       - check the format, then run the test suite under both TensorFlow generations
 # make setup      - build .venv (Python 3.11, TF 2.x) and .venv-tf1 (Python 3.7, TF 1.15)
 # make setup-gpu  - build .venv-gpu (Python 3.11, TF 2.x with pip's CUDA 12 libraries, for NVIDIA GPUs);
 #                   then VENV=.venv-gpu makes test, test-tf2 and demo use it
@@ -11,7 +11,7 @@ PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYTHON37 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.7*/bin/python3.7) $(shell command -v python3.7 2>/dev/null))
 PYTEST_ARGS ?= -q
 
-.PHONY: setup setup-gpu test test-tf2 test-tf1 demo fashion-mnist tcmalloc clean
+.PHONY: setup setup-gpu test lint test-tf2 test-tf1 demo fashion-mnist tcmalloc clean
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 # Recipes that start TensorFlow run it with tcmalloc preloaded when it is installed.
@@ -43,8 +43,12 @@ endef
 
 # The two suites run side by side (each prints when it is done): most of their time is
 # single-threaded start-up of the many short training runs they make.
-test: tcmalloc
+test: tcmalloc lint
 	$(MAKE) -j2 --output-sync=target test-tf2 test-tf1
+
+# Format check (ruff, settings in pyproject.toml).
+lint: $(VENV)/.done
+	$(VENV)/bin/ruff format --check .
 
 test-tf2: $(VENV)/.done tcmalloc
 	$(WITH_MALLOC) $(VENV)/bin/python -m pytest $(PYTEST_ARGS) tests

@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from utils import UsageError
 
@@ -169,7 +169,7 @@ def check_format(path: str, model) -> None:
     from compat import tf
     from networks.layers import DEBIAS_STATE, PROXY_STATE, BatchNormalization, batchnorm_layers
 
-    ours = [l for l in batchnorm_layers(model) if isinstance(l, BatchNormalization)]
+    ours = [layer for layer in batchnorm_layers(model) if isinstance(layer, BatchNormalization)]
     names = [name for name, _ in tf.train.list_variables(path)]
     if ours and not any('/%s/' % DEBIAS_STATE in name for name in names):
         raise UsageError(
@@ -177,7 +177,7 @@ def check_format(path: str, model) -> None:
             'moving statistics were not zero-debiased, so the run cannot continue '
             'exactly; start it afresh with another --result' % path
         )
-    if any(l.proxy_debias is not None for l in ours) and not any(
+    if any(layer.proxy_debias is not None for layer in ours) and not any(
         '/%s/' % PROXY_STATE in name for name in names
     ):
         raise UsageError(
@@ -245,7 +245,7 @@ class Checkpoints:
         except tf.errors.OpError as err:  # e.g. disk full or folder removed: report as I/O
             raise OSError(
                 0, 'cannot write checkpoint (%s)' % err.message.splitlines()[0], self.folder
-            )
+            ) from err
         finally:
             if self.temporary:
                 shutil.rmtree(self.folder, ignore_errors=True)

@@ -53,7 +53,7 @@ def parse_flags(
         positional = fv(argv)
         fv.validate_all_flags()
     except flags.Error as err:
-        raise UsageError(str(err).splitlines()[0])
+        raise UsageError(str(err).splitlines()[0]) from err
     if fv.verbose:
         os.environ[VERBOSE_ENV] = '1'
     return fv, positional[1:]

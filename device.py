@@ -48,9 +48,12 @@ DEFAULT_DUMP_STEP = '10'  # the ModelZoo page's default
 # bridge, whose npu_init registers the NpuOptimizer graph pass; TF 2.x: the device).
 ADAPTER = {1: 'npu_bridge.npu_init', 2: 'npu_device'}
 # Dynamic loss scale of the ModelZoo scripts' NPU mixed-precision training.
-NPU_LOSS_SCALE = dict(
-    init_loss_scale=2**32, incr_every_n_steps=1000, decr_every_n_nan_or_inf=2, decr_ratio=0.5
-)
+NPU_LOSS_SCALE = {
+    'init_loss_scale': 2**32,
+    'incr_every_n_steps': 1000,
+    'decr_every_n_nan_or_inf': 2,
+    'decr_ratio': 0.5,
+}
 OVERFLOW_EXIT_CODE = 3  # as the entry's own stop on a non-finite loss
 OVERFLOW_REPORT = 'overflow_report.txt'
 REPORT_TENSORS = 50  # non-finite tensors listed in the TF 1.15 overflow report
@@ -406,11 +409,12 @@ def _npu_loss_scale_tf1(optimizer, all_reduce: Optional[Callable] = None):
     """
     # TF 1.15 exports neither of these; they are what compile() itself does
     # with a TF optimizer, done here so that the schedule can read the counter.
-    from tensorflow.python.keras.backend import track_tf_optimizer
-    from tensorflow.python.keras.optimizers import TFOptimizer
-    from compat import tf
     from npu_bridge.estimator.npu.npu_loss_scale_manager import ExponentialUpdateLossScaleManager
     from npu_bridge.estimator.npu.npu_loss_scale_optimizer import NPULossScaleOptimizer
+    from tensorflow.python.keras.backend import track_tf_optimizer
+    from tensorflow.python.keras.optimizers import TFOptimizer
+
+    from compat import tf
 
     config = optimizer.get_config()
     schedule = optimizer.learning_rate
@@ -595,6 +599,7 @@ def _tf1_watch_everything(debug_op: str, folder: str, dtypes: Optional[str] = No
     """RunOptions that make TF 1.15's debugger apply ``debug_op`` to every tensor
     (of the dtypes matching the regex ``dtypes``) and write into ``folder``."""
     from tensorflow.python import debug as tf_debug
+
     from compat import K, tf
 
     options = tf.compat.v1.RunOptions()
@@ -612,6 +617,7 @@ def _overflow_check(folder: str):
     """A callback that stops training at the first Inf/NaN and reports the op
     that produced it in ``folder``/overflow_report.txt."""
     import numpy as np
+
     from compat import TF1, K, keras, tf
 
     class OverflowCheck(keras.callbacks.Callback):

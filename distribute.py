@@ -332,7 +332,7 @@ class DataParallel:
         return self.strategy.distribute_datasets_from_function(per_pipeline)
 
     def all_reduce_wrapper(self) -> Optional[Callable]:
-        """npu with several ranks: wraps an optimizer so that its gradients are
+        """Npu with several ranks: wraps an optimizer so that its gradients are
         averaged over the ranks by HCCL before the update; else None (Keras
         all-reduces under a tf.distribute strategy itself)."""
         if self.kind != 'npu' or self.replicas == 1 or self.adapter is None:
@@ -340,7 +340,7 @@ class DataParallel:
         return hccl_optimizer_wrapper(self.adapter)
 
     def callbacks(self) -> list:
-        """npu with several ranks: the callback that gives every rank rank 0's
+        """Npu with several ranks: the callback that gives every rank rank 0's
         initial weights before the first step."""
         if self.kind != 'npu' or self.replicas == 1 or self.adapter is None:
             return []

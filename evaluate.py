@@ -90,7 +90,7 @@ def read_split(model: str) -> dict:
         raise UsageError(
             "'%s' cannot be read (%s); restore the file the training run wrote"
             % (path, ' '.join(str(err).split()))
-        )
+        ) from err
     if not isinstance(split, dict):
         raise UsageError("'%s' is not the split file a training run writes; restore it" % path)
     return split
@@ -117,7 +117,7 @@ def read_run(model: str, root: Optional[str], prep: model_io.Preprocessing):
         raise UsageError(
             '--precise_bn needs the args.json the training run wrote next to the '
             "model; '%s' cannot be read (%s)" % (path, ' '.join(str(err).split()))
-        )
+        ) from err
     split = read_split(model)
     labeled = split.get('labeled_indices')
     if not isinstance(labeled, list) or not labeled:

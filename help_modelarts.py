@@ -72,9 +72,11 @@ def copy_folder(src: str, dst: str) -> None:
             raise CopyError('the destination lies inside the source')
         _copy_local_tree(src, dst)
     except CopyError as err:
-        raise CopyError('cannot copy %s to %s: %s' % (src, dst, err))
+        raise CopyError('cannot copy %s to %s: %s' % (src, dst, err)) from err
     except Exception as err:  # moxing raises its own and OBS client errors
-        raise CopyError('cannot copy %s to %s: %s: %s' % (src, dst, type(err).__name__, err))
+        raise CopyError(
+            'cannot copy %s to %s: %s: %s' % (src, dst, type(err).__name__, err)
+        ) from err
 
 
 def stage_outputs(output_dir: str, stage_dir: str) -> List[str]:
@@ -108,7 +110,7 @@ def stage_outputs(output_dir: str, stage_dir: str) -> List[str]:
         for name in folders:
             _copy_local_tree(os.path.join(output_dir, name), os.path.join(stage_dir, name))
     except OSError as err:
-        raise CopyError('cannot gather %s in %s: %s' % (output_dir, stage_dir, err))
+        raise CopyError('cannot gather %s in %s: %s' % (output_dir, stage_dir, err)) from err
     return logs + folders
 
 

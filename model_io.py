@@ -241,6 +241,7 @@ def save_model(path: str, model, preprocessing: Preprocessing) -> None:
         preprocessing: what turns [0, 1] images into the model's inputs.
     """
     import h5py
+
     from compat import VERBOSE
 
     tmp = '%s.tmp%d.h5' % (os.path.splitext(path)[0], os.getpid())
@@ -316,12 +317,12 @@ def read_preprocessing(
     except OSError as err:
         raise UsageError(
             "model file '%s' cannot be read (%s); %s" % (path, ' '.join(str(err).split()), HELP)
-        )
+        ) from err
     except (KeyError, ValueError, TypeError, IndexError) as err:
         raise UsageError(
             "model file '%s' is damaged (%s: %s); %s"
             % (path, type(err).__name__, ' '.join(str(err).split()), HELP)
-        )
+        ) from err
     if keras_shape is not None and tuple(keras_shape) != prep.input_shape:
         raise UsageError(
             "model file '%s' is inconsistent: the network takes %s images, its "
@@ -369,7 +370,7 @@ def load_model(path: str, data: Optional[str] = None, input_shape: Optional[Sequ
         raise UsageError(
             "model file '%s' cannot be loaded by Keras (%s: %s); %s"
             % (path, type(err).__name__, ' '.join(str(err).split())[:200], HELP)
-        )
+        ) from err
     shape = tuple(model.input_shape[1:])
     if shape != prep.input_shape or model.output_shape[-1] != prep.n_classes:
         raise UsageError(

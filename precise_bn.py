@@ -69,8 +69,8 @@ def recompute(model, batches, count: int) -> None:
     if count < 1:
         raise ValueError('precise BatchNorm needs at least one batch, not %d' % count)
     owner = _batchnorm_owner(model)
-    layers = [l for l in owner.layers if isinstance(l, keras.layers.BatchNormalization)]
-    probe = keras.Model(owner.inputs, [l.input for l in layers])
+    layers = [layer for layer in owner.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    probe = keras.Model(owner.inputs, [layer.input for layer in layers])
 
     def statistics(step):
         features = probe(step[0]['super_data'], training=True)
@@ -104,11 +104,11 @@ def _batchnorm_owner(model):
     BatchNorm layers."""
     from compat import keras
 
-    candidates = [model] + [l for l in model.layers if isinstance(l, keras.Model)]
+    candidates = [model] + [layer for layer in model.layers if isinstance(layer, keras.Model)]
     owners = [
         m
         for m in candidates
-        if any(isinstance(l, keras.layers.BatchNormalization) for l in m.layers)
+        if any(isinstance(layer, keras.layers.BatchNormalization) for layer in m.layers)
     ]
     if (
         len(owners) != 1

@@ -28,8 +28,8 @@ from absl import flags
 import cli
 import dataset
 import model_io
-from dataset import images
 from checkpoints import write_json
+from dataset import images
 from utils import UsageError
 
 EXTENSIONS = '/'.join(e[1:].upper() for e in images.IMAGE_EXTENSIONS)
@@ -106,7 +106,7 @@ def read_image(path: str, shape, pad: int, resize: str = 'stretch') -> np.ndarra
         raise UsageError(
             "'%s' is not a readable image (%s); pass %s files"
             % (path, images.reason(err), EXTENSIONS)
-        )
+        ) from err
 
 
 def top_classes(probs: np.ndarray, names, top: int) -> List[dict]:

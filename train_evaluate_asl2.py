@@ -312,7 +312,7 @@ def prepare_result_folder(path: str) -> None:
         raise UsageError(
             'cannot write to result folder %s (%s); pass a writable --result'
             % (path, err.strerror or err)
-        )
+        ) from err
 
 
 def preprocess(x_train: Optional[np.ndarray], x_test: np.ndarray, zca: bool):
@@ -769,9 +769,7 @@ def print_summary(model) -> None:
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     total = model.count_params()
     print(
-        'Total params: {:,}\nTrainable params: {:,}\nNon-trainable params: {:,}'.format(
-            total, trainable, total - trainable
-        )
+        f'Total params: {total:,}\nTrainable params: {trainable:,}\nNon-trainable params: {total - trainable:,}'
     )
 
 
@@ -1014,22 +1012,20 @@ def train_and_evaluate(training: Training) -> int:
         os.path.join(result, 'result.json'),
         dict(
             statistics,
-            **{
-                'error_dense': final['error_dense'],
-                'error_single': final['error_single'],
-                'steps': final['step'],
-                'wall_seconds': time.time() - start,
-                'tf_version': cfg['tf_version'],
-                'labels': cfg['labels'],
-                'mode': cfg['mode'],
-                'network': cfg['network'],
-                'data': cfg['data'],
-                'precision': cfg['precision'],
-                'xla': cfg['xla'],
-                'steps_per_execution': cfg['steps_per_execution'],
-                'distribute': cfg['distribute'],
-                'replicas': cfg['replicas'],
-            },
+            error_dense=final['error_dense'],
+            error_single=final['error_single'],
+            steps=final['step'],
+            wall_seconds=time.time() - start,
+            tf_version=cfg['tf_version'],
+            labels=cfg['labels'],
+            mode=cfg['mode'],
+            network=cfg['network'],
+            data=cfg['data'],
+            precision=cfg['precision'],
+            xla=cfg['xla'],
+            steps_per_execution=cfg['steps_per_execution'],
+            distribute=cfg['distribute'],
+            replicas=cfg['replicas'],
         ),
     )
     print(

@@ -563,13 +563,13 @@ def build_models(
 
     layers = keras.layers
     # float32 heads: under a mixed-precision policy the softmax and the loss stay in float32.
-    head = dict(
-        activation='softmax',
-        kernel_initializer='glorot_uniform',
-        use_bias=True,
-        kernel_regularizer=keras.regularizers.l2(WEIGHT_DECAY),
-        dtype='float32',
-    )
+    head = {
+        'activation': 'softmax',
+        'kernel_initializer': 'glorot_uniform',
+        'use_bias': True,
+        'kernel_regularizer': keras.regularizers.l2(WEIGHT_DECAY),
+        'dtype': 'float32',
+    }
 
     super_in = layers.Input(shape=input_shape, name='super_data')
     x = layers.GlobalAveragePooling2D(name='super_gap')(trunk(super_in))

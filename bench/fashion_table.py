@@ -285,9 +285,11 @@ def mean_text(values: list) -> str:
 
 def markdown(cells: list) -> str:
     lines = [
-        '| width | labels | mode | steps | seeds | supervised error % | self-supervised error % '
-        '| gain (sup − self), mean ± SE | 95 % interval (t, df) | converged | minutes per run '
-        '(sup / self) | note |',
+        (
+            '| width | labels | mode | steps | seeds | supervised error % | self-supervised error % '
+            '| gain (sup − self), mean ± SE | 95 % interval (t, df) | converged | minutes per run '
+            '(sup / self) | note |'
+        ),
         '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for c in cells:

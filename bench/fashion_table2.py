@@ -1,4 +1,4 @@
-"""SESEMI's gain at the reference's own ASL schedule: the Fashion-MNIST table, round 2.
+r"""SESEMI's gain at the reference's own ASL schedule: the Fashion-MNIST table, round 2.
 
 Round 1 (bench/fashion_table.py) compressed SESEMI's schedule into 1 % of the
 reference's budget. Round 2 runs the ModelZoo entry's own mode, asl, at its own
@@ -205,7 +205,7 @@ def host_cpu() -> str:
     """The CPU as ``lscpu`` names it (model name, family, model) and its widest vector
     instructions."""
     try:
-        text = subprocess.run(['lscpu'], stdout=subprocess.PIPE, universal_newlines=True).stdout
+        text = subprocess.run(['lscpu'], stdout=subprocess.PIPE, text=True).stdout
     except OSError:
         return platform.processor() or 'unknown'
     fields = dict(line.split(':', 1) for line in text.splitlines() if ':' in line)
@@ -242,7 +242,7 @@ def code_commit() -> str:
             ':(exclude)docs/fashion_table2.*',
         ],
         stdout=subprocess.PIPE,
-        universal_newlines=True,
+        text=True,
     ).stdout.strip()
 
 
@@ -437,9 +437,11 @@ def gain_text(c: dict) -> str:
 def markdown(rows: List[dict], records: Dict[Run, dict]) -> str:
     mean = lambda values: '%.2f' % statistics.mean(values) if values else '–'  # noqa: E731
     lines = [
-        '| cell | width | labels | steps | mode | seeds | supervised % (moving / precise) '
-        '| self % (moving / precise) | gain, moving: mean ± SE [95 %] | verdict (moving) '
-        '| gain, precise: mean ± SE [95 %] | verdict (precise) |',
+        (
+            '| cell | width | labels | steps | mode | seeds | supervised % (moving / precise) '
+            '| self % (moving / precise) | gain, moving: mean ± SE [95 %] | verdict (moving) '
+            '| gain, precise: mean ± SE [95 %] | verdict (precise) |'
+        ),
         '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
@@ -477,8 +479,10 @@ def markdown(rows: List[dict], records: Dict[Run, dict]) -> str:
             )
     lines += [
         '',
-        '| run | dense % moving | dense % precise | single % moving | single % precise '
-        '| minutes | CPU | commit |',
+        (
+            '| run | dense % moving | dense % precise | single % moving | single % precise '
+            '| minutes | CPU | commit |'
+        ),
         '|---|---|---|---|---|---|---|---|',
     ]
     for run in sorted(records):

@@ -25,12 +25,12 @@ from compat import TF1, keras, tf  # noqa: E402
 def reference_steps(x, y, batch_size):
     """The reference's loader: shuffled batch-size-1 flows, one Python call per image."""
     shifts = [-2, -1, 0, 1, 2]
-    common = dict(
-        width_shift_range=shifts,
-        height_shift_range=shifts,
-        fill_mode='reflect',
-        preprocessing_function=utils.gaussian_noise,
-    )
+    common = {
+        'width_shift_range': shifts,
+        'height_shift_range': shifts,
+        'fill_mode': 'reflect',
+        'preprocessing_function': utils.gaussian_noise,
+    }
     labeled = keras.preprocessing.image.ImageDataGenerator(horizontal_flip=True, **common).flow(
         x, y, batch_size=1, shuffle=True
     )
@@ -53,8 +53,7 @@ def ours(x, y, batch_size, seed=0):
         sess = tf.compat.v1.Session()
         while True:
             yield sess.run(nxt)
-    for batch in dataset:
-        yield batch
+    yield from dataset
 
 
 def images_per_second(steps_iter, steps, images_per_step, warmup=20):

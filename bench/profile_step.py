@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import device  # noqa: E402
 import networks  # noqa: E402
 import utils  # noqa: E402
-from compat import TF1, K, keras, tf  # noqa: E402
+from compat import TF1, keras, tf  # noqa: E402
 
 SHAPE, CLASSES, BATCH = (32, 32, 3), 10, 16
 
@@ -53,8 +53,7 @@ def conv_flops(model, images_per_branch: int) -> float:
 def _all_layers(model):
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            for inner in _all_layers(layer):
-                yield inner
+            yield from _all_layers(layer)
         else:
             yield layer
 
@@ -152,6 +151,7 @@ def op_times(model, folder: str):
                 times[label.split('(')[0] or node.node_name] += node.all_end_rel_micros / 1000
         return times
     import glob
+
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     tf.profiler.experimental.start(folder)

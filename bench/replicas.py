@@ -90,7 +90,7 @@ def run_case(kind: str, env_extra: dict, args, work: str) -> float:
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        universal_newlines=True,
+        text=True,
     )
     if proc.returncode:
         sys.exit('case %s failed:\n%s' % (kind, proc.stdout[-3000:]))

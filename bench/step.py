@@ -164,9 +164,7 @@ def run_case(python: str, tree: str, work: str, data: str, case: dict) -> dict:
         cmd += ['--extra=' + extra]
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
-    proc = subprocess.run(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith('RESULT '):
             return json.loads(line[len('RESULT ') :])
@@ -182,15 +180,15 @@ def cases(args):
             for precision_mode in args.precisions:
 
                 def case(feed, extra=()):
-                    return dict(
-                        network=network,
-                        width=width,
-                        labels=labels,
-                        max_steps=3 * labels // 16,
-                        feed=feed,
-                        precision_mode=precision_mode,
-                        extra=list(extra),
-                    )
+                    return {
+                        'network': network,
+                        'width': width,
+                        'labels': labels,
+                        'max_steps': 3 * labels // 16,
+                        'feed': feed,
+                        'precision_mode': precision_mode,
+                        'extra': list(extra),
+                    }
 
                 for feed in args.feeds.split(','):
                     for tree in ('new', 'old'):
@@ -279,7 +277,7 @@ def main():
                 'from compat import tf; print(tf.__version__)' % HERE,
             ],
             stdout=subprocess.PIPE,
-            universal_newlines=True,
+            text=True,
         ).stdout.split()[-1]
         malloc = 'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc malloc'
         print(

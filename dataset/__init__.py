@@ -120,7 +120,7 @@ def read_file(path: str, reader: Callable[[str], T], title: str) -> T:
             raise UsageError(
                 "%s file '%s' cannot be read (%s); check that it is a readable "
                 'file, %s' % (title, path, _one_line(exc.strerror or str(exc)), HELP)
-            )
+            ) from exc
         reason = _one_line('%s: %s' % (type(exc).__name__, exc))
     except _FORMAT_ERRORS as exc:
         reason = _one_line(
@@ -151,11 +151,10 @@ def as_labels(values: Any) -> np.ndarray:
         labels = labels.reshape(-1)
     if labels.ndim != 1:
         raise ValueError('labels have shape %s, expected a vector' % (labels.shape,))
-    if labels.dtype.kind not in 'iu':
-        if labels.dtype.kind != 'f' or not np.all(
-            np.isfinite(labels) & (labels == np.round(labels))
-        ):
-            raise ValueError('labels are not integers (dtype %s)' % labels.dtype)
+    if labels.dtype.kind not in 'iu' and (
+        labels.dtype.kind != 'f' or not np.all(np.isfinite(labels) & (labels == np.round(labels)))
+    ):
+        raise ValueError('labels are not integers (dtype %s)' % labels.dtype)
     return labels.astype(np.int64)
 
 

@@ -287,7 +287,7 @@ def load(layout: Layout, size: int, cache: Optional[str], progress: bool = True)
             raise UsageError(
                 "cannot write the image cache '%s' (%s); pass a writable --cache or "
                 '--result' % (cache, err.strerror or err)
-            )
+            ) from err
         raise
     except UsageError:
         if created:

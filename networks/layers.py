@@ -296,10 +296,10 @@ def batchnorm_layers(model) -> List[keras.layers.BatchNormalization]:
     for layer in model.layers:
         nested = batchnorm_layers(layer) if isinstance(layer, keras.Model) else [layer]
         found += [
-            l
-            for l in nested
-            if isinstance(l, keras.layers.BatchNormalization)
-            and all(l is not seen for seen in found)
+            candidate
+            for candidate in nested
+            if isinstance(candidate, keras.layers.BatchNormalization)
+            and all(candidate is not seen for seen in found)
         ]
     return found
 

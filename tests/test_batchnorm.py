@@ -12,13 +12,13 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import dataset
 import networks
 import utils
 from checkpoints import Checkpoints
 from compat import TF1, K, keras, tf
-from conftest import ROOT
 from networks import layers
 from utils import UsageError
 
@@ -229,9 +229,8 @@ def test_each_branch_keeps_its_own_accumulator_under_two_replicas_with_sync_bn()
     proc = subprocess.run(
         [sys.executable, '-c', STRATEGY_RUN, ROOT],
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -300,9 +299,9 @@ def test_parameter_counts_are_the_reference_ones(name, full, inference):
     train_model, inference_model = utils.build_models(trunk, (32, 32, 3), 10, True, 0.2)
     assert (train_model.count_params(), inference_model.count_params()) == (full, inference)
     assert all(
-        type(l) is layers.BatchNormalization  # pylint: disable=unidiomatic-typecheck
-        for l in trunk.layers
-        if isinstance(l, keras.layers.BatchNormalization)
+        type(layer) is layers.BatchNormalization  # pylint: disable=unidiomatic-typecheck
+        for layer in trunk.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
     )
 
 
@@ -329,7 +328,9 @@ def test_model_file_loads_in_stock_keras_with_the_debiased_statistics(tmp_path):
     want = inference.predict(x)
 
     loaded = keras.models.load_model(path)
-    loaded_bn = [l for l in loaded.get_layer('convnet_trunk').layers if l.name == 'block1_bn'][0]
+    loaded_bn = [
+        layer for layer in loaded.get_layer('convnet_trunk').layers if layer.name == 'block1_bn'
+    ][0]
     assert type(loaded_bn) is keras.layers.BatchNormalization  # pylint: disable=unidiomatic-typecheck
     assert count == 1  # one step: the labeled branch's first update
     np.testing.assert_array_equal(K.get_value(loaded_bn.moving_mean), saved)
@@ -386,9 +387,8 @@ def test_resume_from_a_checkpoint_of_the_earlier_format_exits_2(tiny_fashion, tm
     proc = subprocess.run(
         [sys.executable, '-c', earlier] + args,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -397,9 +397,8 @@ def test_resume_from_a_checkpoint_of_the_earlier_format_exits_2(tiny_fashion, tm
     proc = subprocess.run(
         [sys.executable, entry, '--resume'] + args,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -436,9 +435,8 @@ def test_resume_of_an_asl_checkpoint_with_one_accumulator_exits_2(tiny_fashion, 
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py')] + args,
         env=dict(os.environ, CUDA_VISIBLE_DEVICES=''),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]

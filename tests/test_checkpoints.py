@@ -9,8 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
-
 from conftest import ROOT
 
 # 40 training images, 20 labeled (asl pool = labeled): 10 steps per epoch, 2 epochs.
@@ -39,9 +37,8 @@ def run(data, result, *extra, fault=None):
     return subprocess.run(
         command(data, result, *extra),
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 

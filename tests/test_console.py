@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, write_fashion_mnist
 
 import cli
 import compat
-from conftest import ROOT, write_fashion_mnist
 
 TINY = [
     '--data=fashion_mnist',
@@ -38,9 +38,8 @@ def python(args, **env):
         [sys.executable] + args,
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -51,8 +50,10 @@ def python(args, **env):
         (['--labels=400'], '--labels=400 is larger than the training set (40 images)'),
         (
             ['--labels=25'],
-            '--labels=25 must be a multiple of the 10 classes (at least one per class), '
-            'or 40 for all images',
+            (
+                '--labels=25 must be a multiple of the 10 classes (at least one per class), '
+                'or 40 for all images'
+            ),
         ),
         (
             ['--labels=20', '--batch_size=21'],
@@ -147,10 +148,9 @@ def test_stderr_set_aside_hides_shows_on_failure_and_restores(capfd):
     os.write(2, b'a real error\n')
     assert capfd.readouterr().err == 'a real error\n'
 
-    with pytest.raises(RuntimeError):
-        with compat.stderr_set_aside():
-            os.write(2, b'why it failed\n')
-            raise RuntimeError('import failed')
+    with pytest.raises(RuntimeError), compat.stderr_set_aside():
+        os.write(2, b'why it failed\n')
+        raise RuntimeError('import failed')
     os.write(2, b'after\n')
     assert capfd.readouterr().err == 'why it failed\nafter\n'
 

@@ -2,7 +2,6 @@
 format (CIFAR python pickles, SVHN .mat, Fashion-MNIST gzip IDX), and every kind
 of bad input they must turn into a one-line UsageError."""
 
-import gzip
 import os
 import pickle
 import struct
@@ -12,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 import scipy.io
+from conftest import idx_bytes, write_bytes
 
 import dataset
 from dataset import cifar10, cifar100, fashion_mnist, svhn
 from utils import UsageError
-from conftest import idx_bytes, write_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBIAN_FASHION = '/usr/share/datasets/fashion-mnist'
@@ -144,7 +143,7 @@ def test_cifar10_round_trip(tmp_path):
     np.testing.assert_array_equal(xt, scaled(rows_to_nhwc(written['test_batch'][0])))
     assert y.tolist() == sum((written['data_batch_%d' % i][1] for i in range(1, 6)), [])
     assert yt.tolist() == written['test_batch'][1]
-    assert 0 <= x.min() and x.max() <= 1
+    assert x.min() >= 0 and x.max() <= 1
 
 
 def test_cifar10_pixel_lands_at_row_col_channel(tmp_path):
@@ -439,7 +438,7 @@ def test_cifar100_label_range_and_key(tmp_path):
     usage_error(lambda: cifar100.load_data(str(tmp_path)), 'train', "no 'fine_labels' entry")
 
 
-class _Exploit(object):
+class _Exploit:
     def __reduce__(self):
         return (os.mkdir, (os.path.join(os.environ['EXPLOIT_DIR'], 'pwned'),))
 

@@ -11,10 +11,10 @@ import sys
 import types
 
 import pytest
+from conftest import ROOT, expect_usage_error, stub_adapter_tf1, write_fashion_mnist
 
 import device
 import train_evaluate_asl2 as entry
-from conftest import ROOT, expect_usage_error, stub_adapter_tf1, write_fashion_mnist
 from utils import UsageError
 
 # 40 training images, 20 labeled: 10 steps per epoch (asl), 4 steps in all.
@@ -56,9 +56,8 @@ def run_cli(data, result, *extra):
         command,
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -213,9 +212,8 @@ def test_cli_reports_bad_device_flag_in_one_line(tmp_path):
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert proc.returncode == 2
@@ -498,8 +496,9 @@ def test_npu_data_dump_options_seam():
 def test_npu_loss_scaling_tf1_wraps_a_v1_optimizer(monkeypatch):
     only_on(1)
     import numpy as np
-    from compat import K, keras, tf
+
     import utils
+    from compat import K, keras, tf
 
     made = {}
 
@@ -560,6 +559,7 @@ def test_npu_dry_run_prints_the_config_without_adapter(runs):
 
 def test_freed_memory_is_kept_on_glibc():
     import platform
+
     import compat
 
     assert compat.keep_freed_memory() == (platform.libc_ver()[0] == 'glibc')

@@ -13,11 +13,11 @@ import types
 
 import numpy as np
 import pytest
+from conftest import ROOT, expect_usage_error, stub_adapter_tf1, write_noise_fashion_mnist
 
 import checkpoints
 import device
 import distribute
-from conftest import ROOT, expect_usage_error, stub_adapter_tf1, write_noise_fashion_mnist
 from utils import UsageError
 
 # 40 training images, 20 labeled (asl pool = labeled): 5 steps per epoch at batch 4, 4 steps.
@@ -63,9 +63,8 @@ def run_cli(data, result, *extra, fault=None):
         command,
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -377,9 +376,8 @@ def launch(data, result, logs, *extra, fault=None):
         + list(extra),
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     texts = []
@@ -574,8 +572,8 @@ def test_npu_hccl_wiring_tf2(monkeypatch):
 def test_npu_hccl_wiring_tf1(monkeypatch):
     if not tf1():
         pytest.skip('TF 1.15 only')
-    from compat import K, keras, tf
     import utils
+    from compat import K, keras, tf
 
     made = {}
 

@@ -7,12 +7,12 @@ import os
 
 import numpy as np
 import pytest
+from conftest import expect_usage_error, write_noise_fashion_mnist
+from test_checkpoints import load_weights, metrics, run
 
 import checkpoints
 import execution
 import train_evaluate_asl2 as entry
-from conftest import ROOT, expect_usage_error, write_noise_fashion_mnist
-from test_checkpoints import load_weights, metrics, run
 
 
 def flags(**overrides):

@@ -9,10 +9,10 @@ import time
 
 import numpy as np
 import pytest
+from conftest import ROOT, expect_usage_error, write_image_folder
 from PIL import Image
 
 import dataset
-from conftest import ROOT, expect_usage_error, write_image_folder
 from dataset import folder, image_cache, images
 from utils import UsageError
 
@@ -167,9 +167,10 @@ def test_cache_survives_rows_left_by_a_killed_run(tmp_path):
 
 
 def test_pipeline_converts_uint8_images_as_the_float_path_does():
+    from conftest import class_images, take
+
     import model_io
     import utils
-    from conftest import class_images, take
 
     labels = np.arange(12) % 2
     raw = class_images(labels, size=8, channels=3)
@@ -363,9 +364,8 @@ def run_tool(script, args):
         [sys.executable, os.path.join(ROOT, script)] + list(args),
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=900,
     )
 

@@ -16,7 +16,6 @@ import sys
 import types
 
 import pytest
-
 from conftest import ROOT, write_cifar10
 
 TEST_DIR = os.path.join(ROOT, 'test')
@@ -107,9 +106,8 @@ def launch(kind, args, env, cwd=ROOT):
         ['bash', script] + args,
         cwd=cwd,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -378,9 +376,8 @@ def boot(args, env):
         [sys.executable, os.path.join(ROOT, 'boot_modelarts.py')] + args,
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -524,12 +521,12 @@ def test_malloc_script_preloads_tcmalloc_once_and_keeps_other_preloads():
     env = {k: v for k, v in os.environ.items() if k != 'LD_PRELOAD'}
     show = 'source %s; source %s; printf %%s "${LD_PRELOAD:-}"' % ((shlex.quote(script),) * 2)
     alone = subprocess.run(
-        ['bash', '-c', show], env=env, stdout=subprocess.PIPE, universal_newlines=True, check=True
+        ['bash', '-c', show], env=env, stdout=subprocess.PIPE, text=True, check=True
     ).stdout
     assert alone == (installed[0] if installed else '')
     # Another library preloaded before stays; sourcing twice adds tcmalloc once.
     env['LD_PRELOAD'] = 'libother.so'
     both = subprocess.run(
-        ['bash', '-c', show], env=env, stdout=subprocess.PIPE, universal_newlines=True, check=True
+        ['bash', '-c', show], env=env, stdout=subprocess.PIPE, text=True, check=True
     ).stdout
     assert both == (installed[0] + ':libother.so' if installed else 'libother.so')

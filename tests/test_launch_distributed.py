@@ -9,11 +9,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-
 from conftest import ROOT
 from test_launch import NETWORK, TEST_DIR, flag_value, read_case_log, script_env, write_stub
 
@@ -149,9 +147,8 @@ def run(script, args, env, timeout=90):
         ['bash', os.path.join(TEST_DIR, script)] + args,
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 

@@ -13,10 +13,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, write_cifar10, write_fashion_mnist
 
 import dataset
 import model_io
-from conftest import ROOT, write_cifar10, write_fashion_mnist
 
 TINY = [
     '--network=convnet',
@@ -38,9 +38,8 @@ def cli(script, args):
         command(script, args),
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 
@@ -79,7 +78,7 @@ def runs(tmp_path_factory):
         )
         for name, folder in folders.items()
     }
-    for name, proc in procs.items():
+    for _name, proc in procs.items():
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-3000:]
     return {name: Run(name, folders[name], str(root / name)) for name in folders}
@@ -100,6 +99,7 @@ def fresh_keras():
 
 def test_model_file_carries_the_training_preprocessing(run):
     import h5py
+
     from compat import keras
     from utils import global_contrast_normalize
 
@@ -190,6 +190,7 @@ def test_predict_gives_the_classes_of_the_model(run, tmp_path, capsys):
 
 def test_predict_reads_images_as_the_dataset_loader_does(runs, tmp_path):
     from PIL import Image
+
     import predict
 
     fashion = runs['fashion_mnist']
@@ -384,9 +385,8 @@ def test_bad_input_is_found_before_tensorflow_loads(runs, tmp_path):
     proc = subprocess.run(
         [sys.executable, '-c', code],
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert proc.stdout.split() == ['[2,', '2]', 'False'], proc.stdout + proc.stderr

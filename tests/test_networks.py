@@ -36,7 +36,7 @@ def _count(model, layer_type):
 
 
 def test_registry_covers_expected_networks():
-    assert NAMES == sorted(EXPECTED)
+    assert sorted(EXPECTED) == NAMES
 
 
 @pytest.mark.parametrize('name', NAMES)
@@ -49,11 +49,13 @@ def test_shape_params_and_structure(name):
     assert model.count_params() == params
     assert _count(model, keras.layers.Dropout) == 0
 
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs and all(c.use_bias == HAS_CONV_BIAS[name] for c in convs)
     # Every conv kernel carries the L2 weight decay, and nothing else does.
     assert len(model.losses) == len(convs)
-    for bn in (l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)):
+    for bn in (
+        layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ):
         assert (bn.momentum, bn.epsilon) == (0.99, 1e-3)
 
 
@@ -74,7 +76,7 @@ def test_single_channel_input(name):
 @pytest.mark.parametrize('name', NAMES)
 def test_dropout_adds_dropout_layers(name):
     model = networks.get(name)(INPUT_SHAPE, dropout=0.3)
-    dropouts = [l for l in model.layers if isinstance(l, keras.layers.Dropout)]
+    dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     assert len(dropouts) == DROPOUT_LAYERS[name]
     assert all(d.rate == 0.3 for d in dropouts)
     # Dropout has no weights: the architecture is otherwise unchanged.

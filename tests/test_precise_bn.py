@@ -9,11 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, expect_usage_error, take, write_image_folder
 
 import precise_bn
 import utils
 from compat import TF1, K, keras, tf
-from conftest import ROOT, expect_usage_error, take, write_image_folder
 
 EPSILON = 1e-3
 SHAPE = (3, 3, 2)
@@ -52,7 +52,7 @@ def small_model(seed=0):
 def numpy_precise(images, trunk, batch):
     """The plain average over batches of each BatchNorm's batch mean and fed variance, the
     network in training mode, in float64 numpy."""
-    bn1, conv, bn2 = trunk.get_layer('bn1'), trunk.get_layer('conv'), trunk.get_layer('bn2')
+    bn1, conv, _bn2 = trunk.get_layer('bn1'), trunk.get_layer('conv'), trunk.get_layer('bn2')
     kernel, bias = [K.get_value(w).astype(np.float64) for w in conv.weights]
 
     def moments(f):
@@ -138,9 +138,8 @@ def run(tool, args):
         [sys.executable, os.path.join(ROOT, tool)] + args,
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import ROOT
 
 # name[extras] (specifier)? (; marker)?
@@ -40,9 +39,8 @@ def make_dry_run(*args):
     proc = subprocess.run(
         ['make', '-n', '-B'] + list(args),
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr

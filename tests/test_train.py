@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, expect_usage_error, write_cifar10
 
 import train_evaluate_asl2 as entry
-from conftest import ROOT, expect_usage_error, write_cifar10
 
 TINY = [
     '--network=convnet',
@@ -27,9 +27,8 @@ def run_cli(args, cwd=ROOT):
         [sys.executable, os.path.join(ROOT, 'train_evaluate_asl2.py')] + args,
         cwd=cwd,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
 

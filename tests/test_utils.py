@@ -3,10 +3,10 @@ and against the formulas of the specification."""
 
 import numpy as np
 import pytest
+from conftest import take, to_numpy
 from scipy import ndimage
 
 import utils
-from conftest import take, to_numpy
 
 
 def test_gcn_matches_formula():
@@ -157,8 +157,9 @@ def test_random_augmentations_are_seeded_and_in_range():
 
 
 def test_noise_is_standard_normal_and_seeded():
-    from compat import tf
     from scipy import stats
+
+    from compat import tf
 
     seed = tf.constant([3, 9], tf.int64)
     z, again, other = to_numpy(
@@ -327,7 +328,7 @@ def test_replica_slices_put_together_are_the_single_device_step(convert):
     x = rng.randint(0, 256, (40, 16, 16, 3)).astype(np.uint8)
     y = np.eye(10, dtype=np.float32)[np.arange(40) % 10]
     sampler = utils.BatchSampler(np.arange(20), np.arange(40), 4 * 6, 4, seed=2)
-    options = dict(convert=lambda t: t * 2.0 - 1.0) if convert else {}
+    options = {'convert': lambda t: t * 2.0 - 1.0} if convert else {}
     images = x if convert else x.astype(np.float32) / 255.0
     whole = take(utils.make_dataset(images, y, sampler, 2, True, first_step=3, **options), 2)
     halves = take(
