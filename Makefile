@@ -23,21 +23,24 @@ setup: .venv/.done .venv-tf1/.done tcmalloc
 # same `tensorflow` package, and the two wheels would overwrite each other's files.
 setup-gpu: .venv-gpu/.done tcmalloc
 
-# $(call make_venv,PYTHON): builds the venv holding the target with PYTHON and installs
-# the requirement files the target depends on into it.
+# $(call make_venv,PYTHON): builds the venv holding the target afresh with PYTHON and
+# installs the requirement files the target depends on into it, constrained by
+# requirements-lock.txt when it is one of them.
+LOCK := requirements-lock.txt
 define make_venv
+	rm -rf $(@D)
 	$(1) -m venv $(@D)
-	$(@D)/bin/pip install -q $(addprefix -r ,$^)
+	$(@D)/bin/pip install -q $(addprefix -r ,$(filter-out $(LOCK),$^))$(if $(filter $(LOCK),$^), -c $(LOCK))
 	touch $@
 endef
 
-.venv/.done: requirements.txt requirements-dev.txt
+.venv/.done: requirements.txt requirements-dev.txt $(LOCK)
 	$(call make_venv,$(PYTHON3))
 
 .venv-gpu/.done: requirements-gpu.txt requirements-dev.txt
 	$(call make_venv,$(PYTHON3))
 
-.venv-tf1/.done: requirements.txt requirements-dev.txt
+.venv-tf1/.done: requirements.txt requirements-dev.txt $(LOCK)
 	@if [ -z "$(PYTHON37)" ]; then echo "Python 3.7 not found (install it with pyenv: pyenv install 3.7.16)"; exit 1; fi
 	$(call make_venv,$(PYTHON37))
 
@@ -46,9 +49,11 @@ endef
 test: tcmalloc lint
 	$(MAKE) -j2 --output-sync=target test-tf2 test-tf1
 
-# Format check (ruff, settings in pyproject.toml).
+# Format, lint and the import contracts (ruff and import-linter; settings in pyproject.toml).
 lint: $(VENV)/.done
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 test-tf2: $(VENV)/.done tcmalloc
 	$(WITH_MALLOC) $(VENV)/bin/python -m pytest $(PYTEST_ARGS) tests

@@ -33,6 +33,7 @@ TABLE = os.path.join(ROOT, 'docs', 'fashion_table.json')  # bench/fashion_table.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The demo's flags."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument(
         '--dataset',
@@ -75,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_dataset(folder: str) -> None:
+    """Exits with one line when ``folder`` lacks a Fashion-MNIST file."""
     missing = [f for f in FASHION_FILES if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         sys.exit(
@@ -129,6 +131,7 @@ def train(args: argparse.Namespace, mode: str) -> dict:
 
 
 def table(args: argparse.Namespace, runs: list) -> str:
+    """The two runs' errors and minutes, their difference, and the measured table's verdict."""
     lines = ['%-7s %-11s %6s %17s %8s' % ('labels', 'mode', 'steps', 'dense test error', 'minutes')]
     for run in runs:
         lines.append(
@@ -240,6 +243,7 @@ def plot(runs: list, path: str) -> None:
 
 
 def main(argv=None) -> int:
+    """Runs both modes, prints the table and draws the curves."""
     args = parse_args(argv)
     check_dataset(args.dataset)
     os.makedirs(args.result, exist_ok=True)

@@ -25,12 +25,12 @@ from typing import List, Optional
 import numpy as np
 from absl import flags
 
-import cli
 import dataset
-import model_io
-import utils
-from checkpoints import write_json
-from utils import IMAGES_PER_LABELED_STEP, UsageError
+from sesemi_base.errors import UsageError
+from sesemi_base.files import write_json
+from sesemi_tf import cli, model_io
+from sesemi_tf.evaluation import evaluate
+from utils import IMAGES_PER_LABELED_STEP
 
 
 def define_flags(fv: flags.FlagValues) -> None:
@@ -172,7 +172,7 @@ def run(argv: List[str]) -> int:
     seed = prep.seed if fv.seed is None else fv.seed
     suffix = ''
     if run is not None:
-        import precise_bn
+        from sesemi_tf import precise_bn
 
         images, batch_images, run_seed = run
         convert = prep.apply_tf if images.dtype == np.uint8 else None
@@ -188,7 +188,7 @@ def run(argv: List[str]) -> int:
             fv.precise_bn,
         )
         suffix = '_precise'
-    errors = utils.evaluate(model, prep.apply(x_test), y_test, prep.hflip, seed=seed)
+    errors = evaluate(model, prep.apply(x_test), y_test, prep.hflip, seed=seed)
     result = dict(
         {k + suffix: v for k, v in errors.items()},
         n_test=len(y_test),

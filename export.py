@@ -22,9 +22,8 @@ from typing import List, Optional
 
 from absl import flags
 
-import cli
-import model_io
-from utils import UsageError
+from sesemi_base.errors import UsageError
+from sesemi_tf import cli, model_io
 
 DESCRIPTION = 'serving.json'
 
@@ -78,7 +77,7 @@ def run(argv: List[str]) -> int:
     )
     check_output_folder(output)
 
-    import compat
+    from sesemi_base import compat
 
     model, prep = model_io.load_model(fv.model)
     tmp = '%s.tmp%d' % (output, os.getpid())

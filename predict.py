@@ -25,12 +25,11 @@ from typing import List, Optional
 import numpy as np
 from absl import flags
 
-import cli
-import dataset
-import model_io
-from checkpoints import write_json
 from dataset import images
-from utils import UsageError
+from dataset.common import to_unit_float
+from sesemi_base.errors import UsageError
+from sesemi_base.files import write_json
+from sesemi_tf import cli, model_io
 
 EXTENSIONS = '/'.join(e[1:].upper() for e in images.IMAGE_EXTENSIONS)
 
@@ -127,7 +126,7 @@ def run(argv: List[str]) -> int:
         )
     if fv.output:
         cli.check_output(fv.output)
-    pixels = dataset.to_unit_float(
+    pixels = to_unit_float(
         np.stack([read_image(f, prep.input_shape, prep.pad, prep.resize) for f in files])
     )
 

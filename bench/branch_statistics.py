@@ -32,8 +32,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--steps', type=int, default=24, help='training steps K (default 24)')
     args = parser.parse_args()
-    from compat import K, keras, tf
     from networks import layers
+    from sesemi_base.compat import K, keras, tf
 
     inputs = keras.layers.Input(SHAPE)
     trunk = keras.Model(

@@ -122,25 +122,25 @@ def child(folder: str, steps: list, argv: list) -> int:
     sys.path.insert(0, ROOT)
     import train_evaluate_asl2 as entry
 
-    make_logger = entry.make_logger
     evals_path = os.path.join(folder, 'evals.jsonl')
 
-    def logger_with_evaluations(run, rows, ckpts, interrupt):
-        logger = make_logger(run, rows, ckpts, interrupt)
-        after_batch = logger.on_train_batch_end
+    def evaluations(training):
+        from sesemi_base.compat import keras, to_float
 
-        def on_train_batch_end(batch, logs=None):
-            after_batch(batch, logs)
-            step = logger.step()
-            if step in steps and step < run.total_steps:
-                with open(evals_path, 'a') as f:
-                    f.write(json.dumps(dict(run.evaluate(), step=step)) + '\n')
+        class EvaluateAt(keras.callbacks.Callback):
+            """Evaluates the test set after the steps in ``steps`` (before the last)."""
 
-        logger.on_train_batch_end = on_train_batch_end
-        return logger
+            def on_train_batch_end(self, batch, logs=None):
+                step = int(to_float(self.model.optimizer.iterations))
+                if step in steps and step < training.plan.total_steps:
+                    with open(evals_path, 'a') as f:
+                        f.write(json.dumps(dict(training.evaluate(), step=step)) + '\n')
 
-    entry.make_logger = logger_with_evaluations
-    return entry.main(['train_evaluate_asl2.py'] + argv)
+            on_batch_end = on_train_batch_end  # TF 1.15 calls this name
+
+        return EvaluateAt()
+
+    return entry.main(['train_evaluate_asl2.py'] + argv, callbacks=[evaluations])
 
 
 def published_runs() -> dict:
@@ -286,9 +286,9 @@ def mean_text(values: list) -> str:
 def markdown(cells: list) -> str:
     lines = [
         (
-            '| width | labels | mode | steps | seeds | supervised error % | self-supervised error % '
-            '| gain (sup − self), mean ± SE | 95 % interval (t, df) | converged | minutes per run '
-            '(sup / self) | note |'
+            '| width | labels | mode | steps | seeds | supervised error % '
+            '| self-supervised error % | gain (sup − self), mean ± SE '
+            '| 95 % interval (t, df) | converged | minutes per run (sup / self) | note |'
         ),
         '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]

@@ -58,7 +58,8 @@ def write(
     colour: bool,
     rng: np.random.RandomState,
 ) -> np.ndarray:
-    """Writes the first ``per_class`` images of each class to folder/<class>/; returns their indices."""
+    """Writes the first ``per_class`` images of each class to folder/<class>/;
+    returns their indices."""
     chosen = []
     for label in range(len(fashion_mnist.CLASS_NAMES)):
         target = os.path.join(folder, class_folder(label))

@@ -19,7 +19,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import utils  # noqa: E402
-from compat import TF1, keras, tf  # noqa: E402
+from sesemi_base.compat import TF1, keras, tf  # noqa: E402
+from sesemi_tf.pipeline import BatchSampler, make_dataset  # noqa: E402
 
 
 def reference_steps(x, y, batch_size):
@@ -44,10 +45,8 @@ def reference_steps(x, y, batch_size):
 
 
 def ours(x, y, batch_size, seed=0):
-    sampler = utils.BatchSampler(
-        np.arange(len(x)), np.arange(len(x)), batch_size * 6, batch_size, seed
-    )
-    dataset = utils.make_dataset(x, y, sampler, seed, hflip=True)
+    sampler = BatchSampler(np.arange(len(x)), np.arange(len(x)), batch_size * 6, batch_size, seed)
+    dataset = make_dataset(x, y, sampler, seed, hflip=True)
     if TF1:
         nxt = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
         sess = tf.compat.v1.Session()

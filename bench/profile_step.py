@@ -25,10 +25,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import device  # noqa: E402
 import networks  # noqa: E402
-import utils  # noqa: E402
-from compat import TF1, keras, tf  # noqa: E402
+from sesemi_base.compat import TF1, keras, tf  # noqa: E402
+from sesemi_tf import device  # noqa: E402
+from sesemi_tf.config import RunConfig  # noqa: E402
+from sesemi_tf.model import build_models, compile_model, lr_schedule  # noqa: E402
 
 SHAPE, CLASSES, BATCH = (32, 32, 3), 10, 16
 
@@ -86,20 +87,14 @@ def peak_conv_gflops(dtype, repeats: int = 5) -> float:
 
 
 def build(args):
-    cfg = {
-        'device': 'cpu',
-        'precision_mode': 'allow_mix_precision' if args.precision == 'mixed' else '',
-        'over_dump': False,
-        'dry_run': False,
-        'deterministic': False,
-    }
-    precision = device.configure(cfg)['precision']
+    mode = 'allow_mix_precision' if args.precision == 'mixed' else ''
+    precision = device.configure(RunConfig(device='cpu', precision_mode=mode)).precision
     trunk = networks.get(args.network)(SHAPE, 0.0, args.width)
-    model, _ = utils.build_models(trunk, SHAPE, CLASSES, True, 0.2)
+    model, _ = build_models(trunk, SHAPE, CLASSES, True, 0.2)
     kwargs = {}
     if not TF1 and args.xla == 'on':
         kwargs['jit_compile'] = True
-    utils.compile_model(model, utils.lr_schedule(0.05, 1000, 0.5), True, **kwargs)
+    compile_model(model, lr_schedule(0.05, 1000, 0.5), True, **kwargs)
     return model, precision
 
 

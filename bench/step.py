@@ -41,7 +41,10 @@ BEFORE_SPEED_WORK = '42c2b7b'  # the last commit before the training-step work
 
 def fixed_batch_dataset(dataset):
     """A stream that repeats the first element of ``dataset`` (in-memory copy)."""
-    from compat import TF1, K, tf
+    try:  # the layout with the sesemi_base package, or the older one
+        from sesemi_base.compat import TF1, K, tf
+    except ImportError:
+        from compat import TF1, K, tf
 
     if TF1:
         element = K.get_session().run(tf.compat.v1.data.make_one_shot_iterator(dataset).get_next())
@@ -58,10 +61,12 @@ def child(args) -> None:
     import train_evaluate_asl2 as entry
 
     if args.feed == 'fixed':
-        real = entry.Training.dataset
-        entry.Training.dataset = lambda self, first_step=0: fixed_batch_dataset(
-            real(self, first_step)
-        )
+        try:  # the layout with the sesemi_tf package, or the older one
+            from sesemi_tf.training import Training
+        except ImportError:
+            Training = entry.Training  # noqa: N806
+        real = Training.dataset
+        Training.dataset = lambda self, first_step=0: fixed_batch_dataset(real(self, first_step))
     result = os.path.join(args.work, 'run')
     argv = [
         'step.py',
@@ -179,7 +184,14 @@ def cases(args):
             labels = 80 if width >= 0.5 else 320
             for precision_mode in args.precisions:
 
-                def case(feed, extra=()):
+                def case(
+                    feed,
+                    extra=(),
+                    network=network,
+                    width=width,
+                    labels=labels,
+                    precision_mode=precision_mode,
+                ):
                     return {
                         'network': network,
                         'width': width,
@@ -274,7 +286,7 @@ def main():
                 args.python,
                 '-c',
                 'import sys; sys.path.insert(0, %r); '
-                'from compat import tf; print(tf.__version__)' % HERE,
+                'from sesemi_base.compat import tf; print(tf.__version__)' % HERE,
             ],
             stdout=subprocess.PIPE,
             text=True,

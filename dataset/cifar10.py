@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from dataset import as_labels, check_labels, find_files, read_file, to_unit_float
+from dataset.common import as_labels, check_labels, find_files, read_file, to_unit_float
 
 TITLE = 'CIFAR-10'
 FILES = (
@@ -95,7 +95,7 @@ def read_batch(path: str, label_key: str) -> Tuple[np.ndarray, np.ndarray]:
 
     Raises:
         ValueError: the dict lacks a key or its data has the wrong type or shape;
-            pickle, EOF and OS errors propagate (``dataset.read_file`` reports them).
+            pickle, EOF and OS errors propagate (``dataset.common.read_file`` reports them).
     """
     with open(path, 'rb') as f:
         entries = _entries(_ArrayUnpickler(f, encoding='latin1').load())

@@ -9,8 +9,8 @@ from typing import Tuple
 
 import numpy as np
 
-from dataset import find_files
 from dataset.cifar10 import load_split
+from dataset.common import find_files
 
 TITLE = 'CIFAR-100'
 FILES = ('train', 'test')

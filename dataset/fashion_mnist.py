@@ -15,7 +15,7 @@ from typing import Tuple
 
 import numpy as np
 
-from dataset import as_labels, check_labels, find_files, read_file, to_unit_float
+from dataset.common import as_labels, check_labels, find_files, read_file, to_unit_float
 
 TITLE = 'Fashion-MNIST'
 FILES = (
@@ -89,7 +89,7 @@ def read_images(path: str) -> np.ndarray:
 
     Raises:
         ValueError: not an IDX file of 28×28 images; gzip, EOF and OS errors
-            propagate (``dataset.read_file`` reports them).
+            propagate (``dataset.common.read_file`` reports them).
     """
     images = parse_idx(_read_bytes(path), IMAGE_MAGIC)
     if images.shape[1:] != (28, 28):

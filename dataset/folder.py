@@ -15,23 +15,19 @@ size and mode are brought to --image_size squares by the 'crop' rule of
 ``dataset.images`` (alpha composited on black) and decoded once into the cache of
 ``dataset.image_cache``. The images have 1 channel when every file is gray, else 3.
 Files that cannot be decoded are left out with one warning, unless more than 1 %
-of them are bad.
+of them are bad (``dataset.folder_images`` decodes what ``scan`` finds here).
 """
 
 import os
-import shutil
-import sys
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
-from dataset import image_cache, to_unit_float
 from dataset.images import is_image_file
-from utils import UsageError
+from sesemi_base.errors import UsageError
 
 SPLIT_SEED = 1  # the held-out split uses the labeled split's reference seed
 MIN_IMAGE_SIZE = 8
-MAX_BAD_FRACTION = 0.01
 # SESEMI mode's default epochs: as many pool images as 30 epochs over a 50,000-image
 # pool (the benchmark datasets' setting), at most 30 epochs, at least 1.
 SESEMI_POOL_IMAGES = 30 * 50000
@@ -81,7 +77,7 @@ def _class_folders(folder: str) -> List[str]:
     return sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name)))
 
 
-def _classes(root: str, part: str) -> Tuple[List[str], Labeled, int]:
+def class_files(root: str, part: str) -> Tuple[List[str], Labeled, int]:
     """The class folders of ROOT/part and their image files."""
     folder = os.path.join(root, part)
     names = _class_folders(folder)
@@ -161,7 +157,7 @@ def scan(root: str, test_fraction: float) -> Layout:
             "image folder '%s' has no labeled/ folder; put each class's images in "
             '%s/<class name>/, %s' % (root, os.path.join(root, 'labeled'), HELP)
         )
-    names, labeled, ignored = _classes(root, 'labeled')
+    names, labeled, ignored = class_files(root, 'labeled')
     if len(names) < 2:
         raise UsageError(
             "folder '%s' holds %d class folder(s); at least 2 are needed, one "
@@ -169,16 +165,16 @@ def scan(root: str, test_fraction: float) -> Layout:
         )
     test_folder = os.path.join(root, 'test')
     if os.path.isdir(test_folder):
-        test_names, test, skipped = _classes(root, 'test')
+        test_names, test, skipped = class_files(root, 'test')
         if test_names != names:
             raise UsageError(
                 "folder '%s' has class folders %s, but '%s' has %s; give test/ the "
                 'same class folders as labeled/, %s'
                 % (
                     test_folder,
-                    _listing(test_names),
+                    listing(test_names),
                     os.path.join(root, 'labeled'),
-                    _listing(names),
+                    listing(names),
                     HELP,
                 )
             )
@@ -204,7 +200,8 @@ def scan(root: str, test_fraction: float) -> Layout:
     return Layout(root, tuple(names), train, test, unlabeled, held_out, ignored)
 
 
-def _listing(names: Sequence[str]) -> str:
+def listing(names: Sequence[str]) -> str:
+    """Up to eight names, quoted, for a message."""
     shown = ', '.join("'%s'" % n for n in names[:8])
     return '[%s%s]' % (shown, ', ...' if len(names) > 8 else '')
 
@@ -221,187 +218,3 @@ def check_image_size(size: int) -> None:
 def sesemi_epochs(pool_size: int) -> int:
     """SESEMI mode's default epochs for a pool of ``pool_size`` images (see SESEMI_POOL_IMAGES)."""
     return int(min(MAX_SESEMI_EPOCHS, max(1, round(SESEMI_POOL_IMAGES / max(1, pool_size)))))
-
-
-class Loaded(NamedTuple):
-    """A decoded folder dataset.
-
-    Attributes:
-        channels: 1 when every decoded image is gray, else 3.
-        x_train: uint8 labeled training images followed by the unlabeled ones.
-        y_train: int64 labels of the labeled images (the first ``len(y_train)`` rows).
-        x_test: float32 test images in [0, 1].
-        y_test: int64 test labels.
-        split: what split.json records about the files (relative to ROOT).
-        skipped: '<path>: <reason>' of each file left out.
-    """
-
-    channels: int
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    split: Dict
-    skipped: List[str]
-
-
-def load(layout: Layout, size: int, cache: Optional[str], progress: bool = True) -> Loaded:
-    """Decodes every file of ``layout`` (through the cache) and assembles the sets.
-
-    Args:
-        layout: from ``scan``.
-        size: the side of the square images.
-        cache: the decode cache folder; None decodes in memory.
-        progress: show decoding progress on stderr.
-
-    Raises:
-        UsageError: more than 1 % of the image files cannot be decoded, or a class
-            or the test set is left without images. A cache folder this call
-            created is removed again.
-    """
-    # Labeled training files, then unlabeled, then test: the training set is one slice.
-    paths = [p for p, _ in layout.train] + layout.unlabeled + [p for p, _ in layout.test]
-    created = _first_missing(cache) if cache else None
-    print(
-        'Image folder %s: %d classes; image files: %d labeled for training, %d for testing '
-        '(%s), %d unlabeled%s'
-        % (
-            layout.root,
-            len(layout.class_names),
-            len(layout.train),
-            len(layout.test),
-            'held out of labeled/' if layout.held_out else 'test/',
-            len(layout.unlabeled),
-            '; %d other files ignored' % layout.ignored if layout.ignored else '',
-        )
-    )
-    try:
-        decoded = image_cache.decode(
-            [os.path.join(layout.root, p) for p in paths], size, cache, progress
-        )
-        _check_bad(layout, paths, decoded)
-    except OSError as err:
-        if created:
-            shutil.rmtree(created, ignore_errors=True)
-        if cache and err.filename and os.path.abspath(err.filename).startswith(cache):
-            raise UsageError(
-                "cannot write the image cache '%s' (%s); pass a writable --cache or "
-                '--result' % (cache, err.strerror or err)
-            ) from err
-        raise
-    except UsageError:
-        if created:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-    print(
-        'Decoded %d images in %.1f s (%.0f images/s)%s'
-        % (
-            decoded.decoded,
-            decoded.seconds,
-            decoded.decoded / max(decoded.seconds, 1e-9),
-            ', %d from the cache %s' % (len(paths) - decoded.decoded, cache) if cache else '',
-        )
-    )
-    channels = 1 if decoded.gray.all() else 3
-    pixels = decoded.pixels[..., :1] if channels == 1 else decoded.pixels
-
-    n_train, n_unlabeled = len(layout.train), len(layout.unlabeled)
-    train_ok = decoded.ok[:n_train]
-    unlabeled_ok = decoded.ok[n_train : n_train + n_unlabeled]
-    test_ok = decoded.ok[n_train + n_unlabeled :]
-    n_pool = int(train_ok.sum() + unlabeled_ok.sum())
-    y_train = np.array([c for _, c in layout.train], np.int64)[train_ok]
-    y_test = np.array([c for _, c in layout.test], np.int64)[test_ok]
-    for label, name in enumerate(layout.class_names):
-        if not (y_train == label).any():
-            raise UsageError(
-                "class '%s' has no readable training image; add images, %s" % (name, HELP)
-            )
-    if not len(y_test):
-        raise UsageError(
-            "no test image of '%s' is readable; add test images, %s" % (layout.root, HELP)
-        )
-    split = {
-        'root': os.path.abspath(layout.root),
-        'class_names': list(layout.class_names),
-        'image_size': size,
-        'test_source': 'held_out' if layout.held_out else 'test',
-        'train_files': [p for (p, _), good in zip(layout.train, train_ok) if good],
-        'test_files': [[p, c] for (p, c), good in zip(layout.test, test_ok) if good],
-        'unlabeled_images': int(unlabeled_ok.sum()),
-    }
-    skipped = ['%s: %s' % (os.path.relpath(path, layout.root), why) for path, why in decoded.bad]
-    return Loaded(
-        channels, pixels[:n_pool], y_train, to_unit_float(pixels[n_pool:]), y_test, split, skipped
-    )
-
-
-def _first_missing(path: str) -> Optional[str]:
-    """The outermost folder of ``path`` that does not exist yet (None if it exists)."""
-    path, missing = os.path.abspath(path), None
-    while not os.path.exists(path):
-        missing, path = path, os.path.dirname(path)
-    return missing
-
-
-def _check_bad(layout: Layout, paths: Sequence[str], decoded) -> None:
-    """Stops when more than MAX_BAD_FRACTION of the files cannot be decoded."""
-    bad = len(decoded.bad)
-    if bad > MAX_BAD_FRACTION * len(paths):
-        first, why = decoded.bad[0]
-        raise UsageError(
-            "%d of the %d image files in '%s' cannot be decoded (more than %g %%), "
-            "e.g. '%s' (%s); replace or remove them"
-            % (bad, len(paths), layout.root, 100 * MAX_BAD_FRACTION, first, why)
-        )
-
-
-def load_test(
-    root: str, split: Dict, shape: Tuple[int, int, int], class_names: Sequence[str]
-) -> Tuple[np.ndarray, np.ndarray]:
-    """The test set of a trained model: test/ if ROOT has one, else the held-out files
-    listed in its split.json; decoded by the 'crop' rule to the model's shape.
-
-    Raises:
-        UsageError: test/ classes differ from the model's, or no test file is
-            readable (unreadable ones are skipped with a warning, as in training).
-    """
-    from dataset import images
-
-    if not os.path.isdir(root):
-        raise UsageError(
-            "image folder '%s' does not exist; pass --dataset=ROOT, the folder the "
-            'model was trained on' % root
-        )
-    if os.path.isdir(os.path.join(root, 'test')):
-        names, files, _ = _classes(root, 'test')
-        if tuple(names) != tuple(class_names):
-            raise UsageError(
-                "folder '%s' has class folders %s, the model's classes are %s; "
-                'pass the ROOT the model was trained on'
-                % (os.path.join(root, 'test'), _listing(names), _listing(class_names))
-            )
-    else:
-        files = [(p, int(c)) for p, c in split.get('test_files', [])]
-        if split.get('test_source') != 'held_out' or not files:
-            raise UsageError(
-                "image folder '%s' has no test/ folder and split.json lists no "
-                'held-out files; pass the ROOT the model was trained on' % root
-            )
-    pixels, labels, bad = [], [], []
-    for path, label in files:
-        try:
-            pixels.append(images.read_pixels(os.path.join(root, path), shape, 'crop'))
-            labels.append(label)
-        except images.DECODE_ERRORS as err:
-            bad.append('%s (%s)' % (path, images.reason(err)))
-    if bad:  # training left these out too
-        print(
-            'warning: skipped %d unreadable test image(s): %s' % (len(bad), ', '.join(bad)),
-            file=sys.stderr,
-        )
-    if not pixels:
-        raise UsageError(
-            "no test image of '%s' is readable; pass the ROOT the model was trained on" % root
-        )
-    return to_unit_float(np.stack(pixels)), np.array(labels, np.int64)

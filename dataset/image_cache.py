@@ -21,8 +21,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from checkpoints import write_atomic
 from dataset import images as image_io
+from sesemi_base.files import write_atomic
 
 VERSION = 1
 
@@ -56,6 +56,7 @@ class Progress:
         self.next_line = max(1, total // 10)
 
     def update(self, count: int = 1) -> None:
+        """Counts ``count`` more images done; prints a line at each tenth of the total."""
         self.done += count
         now = time.time()
         if self.tty and (now - self.last > 0.2 or self.done == self.total):
@@ -80,6 +81,7 @@ class Progress:
             self.last = now
 
     def rate(self) -> float:
+        """Images per second so far."""
         return self.done / max(time.time() - self.start, 1e-9)
 
 

@@ -53,12 +53,16 @@ def open_image(path: str) -> Image.Image:
         gray = img.mode in GRAY_MODES or (img.mode == 'P' and _gray_palette(img))
         if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La') or 'transparency' in img.info:
             rgba = img.convert('RGBA')
-            img = Image.alpha_composite(Image.new('RGBA', rgba.size, (0, 0, 0, 255)), rgba)
-        if img.mode in ('I', 'I;16', 'F'):  # 16-bit and float gray: scale to 8 bits
-            values = np.asarray(img, np.float64)
+            image = Image.alpha_composite(Image.new('RGBA', rgba.size, (0, 0, 0, 255)), rgba)
+        else:
+            image = img
+        if image.mode in ('I', 'I;16', 'F'):  # 16-bit and float gray: scale to 8 bits
+            values = np.asarray(image, np.float64)
             top = 65535.0 if values.max() > 255 else 255.0
-            img = Image.fromarray(np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8))
-        return img.convert('L' if gray else 'RGB')
+            image = Image.fromarray(
+                np.clip(values * (255.0 / top), 0, 255).round().astype(np.uint8)
+            )
+        return image.convert('L' if gray else 'RGB')
 
 
 def _gray_palette(img: Image.Image) -> bool:

@@ -10,7 +10,7 @@ from typing import Tuple
 import numpy as np
 import scipy.io
 
-from dataset import as_labels, check_labels, find_files, read_file, to_unit_float
+from dataset.common import as_labels, check_labels, find_files, read_file, to_unit_float
 
 try:
     from scipy.io.matlab import MatReadError
@@ -34,7 +34,7 @@ def read_mat(path: str) -> Tuple[np.ndarray, np.ndarray]:
 
     Raises:
         ValueError: not a MATLAB file, missing variable, wrong type or shape;
-            other scipy.io errors propagate (``dataset.read_file`` reports them).
+            other scipy.io errors propagate (``dataset.common.read_file`` reports them).
     """
     try:
         mat = scipy.io.loadmat(path)

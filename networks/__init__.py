@@ -9,7 +9,7 @@ first use, so that flags can be checked without loading TensorFlow.
 import importlib
 from typing import Callable
 
-from utils import UsageError
+from sesemi_base.errors import UsageError
 
 NETWORKS = ('convnet', 'nin', 'wrn')
 

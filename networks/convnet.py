@@ -8,8 +8,8 @@ its own supervised and self-supervised heads on top of it.
 
 from typing import Tuple
 
-from compat import keras
 from networks.layers import bn_act, conv, pool_dropout, scaled
+from sesemi_base.compat import keras
 
 LEAKY_ALPHA = 0.1
 

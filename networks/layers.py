@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from compat import K, constant_value, keras, replica_local_variable, smart_cond, tf
+from sesemi_base.compat import K, constant_value, keras, replica_local_variable, smart_cond, tf
 
 WEIGHT_DECAY = 5e-4
 KERNEL_INIT = 'he_normal'
@@ -115,6 +115,7 @@ class ProxyBranch(keras.layers.Layer):
                 layer.add_proxy_state()
 
     def call(self, inputs, training=None):  # pylint: disable=arguments-differ
+        """The trunk applied to ``inputs``, its BatchNorm calls marked as the proxy branch's."""
         saved = _BRANCH.proxy
         _BRANCH.proxy = True
         try:
@@ -123,6 +124,7 @@ class ProxyBranch(keras.layers.Layer):
             _BRANCH.proxy = saved
 
     def compute_output_shape(self, input_shape):
+        """The trunk's output shape."""
         return self.trunk.compute_output_shape(input_shape)
 
 
@@ -169,6 +171,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self.global_statistics = _GLOBAL_STATISTICS[0]
 
     def build(self, input_shape):
+        """Keras' variables, then the labeled branch's accumulator."""
         super().build(input_shape)
         if not self.fused:
             raise ValueError('%s normalises NHWC feature maps on their last axis only' % self.name)
@@ -187,6 +190,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             self._set_state('proxy_debias', PROXY_STATE)
 
     def call(self, inputs, training=None):  # pylint: disable=arguments-differ
+        """Keras' fused normalisation; in training, the branch's zero-debiased update."""
         training = self._get_training_value(training)  # pylint: disable=protected-access
         inference = super().call
         if constant_value(training) is False:

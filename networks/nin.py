@@ -8,8 +8,8 @@ its own supervised and self-supervised heads on top of it.
 
 from typing import Tuple
 
-from compat import keras
 from networks.layers import bn_act, conv, pool_dropout, scaled
+from sesemi_base.compat import keras
 
 # Three mlpconv blocks: (zero padding, [(filters, kernel size), ...]). The padding
 # is explicit so that every convolution is 'valid', as in the original Caffe model.

@@ -10,8 +10,8 @@ its own supervised and self-supervised heads on top of it.
 
 from typing import Tuple
 
-from compat import keras
 from networks.layers import bn_act, conv, scaled
+from sesemi_base.compat import keras
 
 DEPTH = 28
 WIDEN = 2

@@ -16,7 +16,7 @@ sys.path.insert(0, ROOT)
 
 def to_numpy(structure):
     """Evaluates tensors (nested) to numpy, in a session on TF 1.15, eagerly on TF 2."""
-    from compat import TF1, tf
+    from sesemi_base.compat import TF1, tf
 
     if TF1:
         with tf.compat.v1.Session() as sess:
@@ -26,7 +26,7 @@ def to_numpy(structure):
 
 def take(dataset, n=1):
     """The first ``n`` elements of a tf.data.Dataset as numpy structures."""
-    from compat import TF1, tf
+    from sesemi_base.compat import TF1, tf
 
     if TF1:
         nxt = tf.compat.v1.data.make_one_shot_iterator(dataset).get_next()
@@ -172,7 +172,7 @@ def write_image_folder(root, per_class=30, unlabeled=50, size=16, test_folder=Fa
     labels = np.repeat([0, 1], per_class)
     gray = class_images(labels, size=size, channels=1, seed=1)[..., 0]
     colour = class_images(labels, size=size, channels=3, seed=2)
-    for i, (label, name) in enumerate(zip(labels, ['a'] * per_class + ['b'] * per_class)):
+    for i, name in enumerate(['a'] * per_class + ['b'] * per_class):
         folder = os.path.join(root, 'labeled', name)
         os.makedirs(folder, exist_ok=True)
         k = i % per_class

@@ -16,11 +16,11 @@ from conftest import ROOT
 
 import dataset
 import networks
-import utils
-from checkpoints import Checkpoints
-from compat import TF1, K, keras, tf
 from networks import layers
-from utils import UsageError
+from sesemi_base.compat import TF1, K, keras, tf
+from sesemi_base.errors import UsageError
+from sesemi_tf.checkpoints import Checkpoints
+from sesemi_tf.model import build_models, compile_model
 
 DECAY, EPSILON, CHANNELS = 0.99, 1e-3, 3
 SHAPE = (3, 3, CHANNELS)  # 2 images of 3×3: n = 18 values per channel, so n/(n−1) matters
@@ -199,7 +199,7 @@ STRATEGY_RUN = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from compat import K, keras, tf
+from sesemi_base.compat import K, keras, tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import test_batchnorm as t
@@ -296,7 +296,7 @@ def test_the_state_is_not_counted_as_weights():
 )
 def test_parameter_counts_are_the_reference_ones(name, full, inference):
     trunk = networks.get(name)((32, 32, 3))
-    train_model, inference_model = utils.build_models(trunk, (32, 32, 3), 10, True, 0.2)
+    train_model, inference_model = build_models(trunk, (32, 32, 3), 10, True, 0.2)
     assert (train_model.count_params(), inference_model.count_params()) == (full, inference)
     assert all(
         type(layer) is layers.BatchNormalization  # pylint: disable=unidiomatic-typecheck
@@ -306,11 +306,11 @@ def test_parameter_counts_are_the_reference_ones(name, full, inference):
 
 
 def test_model_file_loads_in_stock_keras_with_the_debiased_statistics(tmp_path):
-    import model_io
+    from sesemi_tf import model_io
 
     trunk = networks.get('convnet')((32, 32, 3), width=0.0625)
-    model, inference = utils.build_models(trunk, (32, 32, 3), 10, True, 0.0)
-    utils.compile_model(model, 0.0, True)
+    model, inference = build_models(trunk, (32, 32, 3), 10, True, 0.0)
+    compile_model(model, 0.0, True)
     rng = np.random.RandomState(0)
     x = rng.normal(0.0, 1.0, (4, 32, 32, 3)).astype(np.float32)
     targets = [
@@ -378,7 +378,7 @@ def test_resume_from_a_checkpoint_of_the_earlier_format_exits_2(tiny_fashion, tm
     entry = os.path.join(ROOT, 'train_evaluate_asl2.py')
     # The run before the change: stock Keras BatchNorm in every trunk.
     earlier = (
-        'import sys; sys.path.insert(0, %r); from compat import keras; '
+        'import sys; sys.path.insert(0, %r); from sesemi_base.compat import keras; '
         'import networks.layers as l; l.BatchNormalization = keras.layers.BatchNormalization; '
         'l.ProxyBranch = lambda trunk: trunk; '
         'import train_evaluate_asl2 as e; sys.exit(e.main(sys.argv))' % ROOT

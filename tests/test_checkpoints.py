@@ -49,7 +49,7 @@ def metrics(result):
 
 
 def load_weights(path):
-    from compat import K, keras
+    from sesemi_base.compat import K, keras
 
     K.clear_session()
     weights = keras.models.load_model(path, compile=False).get_weights()

@@ -10,8 +10,8 @@ import sys
 import pytest
 from conftest import ROOT, write_fashion_mnist
 
-import cli
-import compat
+from sesemi_base import compat
+from sesemi_tf import cli
 
 TINY = [
     '--data=fashion_mnist',
@@ -109,8 +109,10 @@ def test_training_is_quiet_and_verbose_shows_tensorflow(tmp_path):
 
 def test_verbose_environment_variable_shows_tensorflow_start_up():
     # The start-up lines are hidden even where TensorFlow's own log level would let them out.
-    quiet = python(['-c', 'import compat'], TF_CPP_MIN_LOG_LEVEL='0')
-    loud = python(['-c', 'import compat'], TF_CPP_MIN_LOG_LEVEL='0', **{cli.VERBOSE_ENV: '1'})
+    quiet = python(['-c', 'import sesemi_base.compat'], TF_CPP_MIN_LOG_LEVEL='0')
+    loud = python(
+        ['-c', 'import sesemi_base.compat'], TF_CPP_MIN_LOG_LEVEL='0', **{cli.VERBOSE_ENV: '1'}
+    )
     assert quiet.returncode == loud.returncode == 0, loud.stderr
     assert quiet.stderr == ''
     assert CPP_LOG_LINE.search(loud.stderr), loud.stderr
@@ -136,7 +138,9 @@ def test_tensorflow_output_is_shown_when_its_import_fails(tmp_path):
         'os.write(2, b"Could not load dynamic library libcudart.so\\n")\n'
         'raise ImportError("broken TensorFlow install")\n'
     )
-    proc = python(['-c', 'import compat'], PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
+    proc = python(
+        ['-c', 'import sesemi_base.compat'], PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT])
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith('Could not load dynamic library libcudart.so\n'), proc.stderr
     assert 'ImportError: broken TensorFlow install' in proc.stderr
@@ -148,9 +152,13 @@ def test_stderr_set_aside_hides_shows_on_failure_and_restores(capfd):
     os.write(2, b'a real error\n')
     assert capfd.readouterr().err == 'a real error\n'
 
-    with pytest.raises(RuntimeError), compat.stderr_set_aside():
-        os.write(2, b'why it failed\n')
-        raise RuntimeError('import failed')
+    def failing_import():
+        with compat.stderr_set_aside():
+            os.write(2, b'why it failed\n')
+            raise RuntimeError('import failed')
+
+    with pytest.raises(RuntimeError):
+        failing_import()
     os.write(2, b'after\n')
     assert capfd.readouterr().err == 'why it failed\nafter\n'
 

@@ -15,7 +15,8 @@ from conftest import idx_bytes, write_bytes
 
 import dataset
 from dataset import cifar10, cifar100, fashion_mnist, svhn
-from utils import UsageError
+from dataset.common import read_file
+from sesemi_base.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBIAN_FASHION = '/usr/share/datasets/fashion-mnist'
@@ -379,7 +380,7 @@ def test_unreadable_file_is_not_called_corrupt(tmp_path):
 
     path = str(tmp_path / 'test_batch')
     message = usage_error(
-        lambda: dataset.read_file(path, reader, 'CIFAR-10'),
+        lambda: read_file(path, reader, 'CIFAR-10'),
         path,
         'cannot be read (Permission denied)',
     )

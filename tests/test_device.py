@@ -13,9 +13,11 @@ import types
 import pytest
 from conftest import ROOT, expect_usage_error, stub_adapter_tf1, write_fashion_mnist
 
-import device
-import train_evaluate_asl2 as entry
-from utils import UsageError
+from sesemi_base.errors import UsageError
+from sesemi_tf import checks, debug, device, npu
+from sesemi_tf.arguments import parse
+from sesemi_tf.config import RunConfig
+from sesemi_tf.model import lr_schedule
 
 # 40 training images, 20 labeled: 10 steps per epoch (asl), 4 steps in all.
 TINY = [
@@ -30,7 +32,7 @@ TINY = [
 
 
 def tf_generation() -> int:
-    from compat import TF1
+    from sesemi_base.compat import TF1
 
     return 1 if TF1 else 2
 
@@ -114,21 +116,14 @@ def read_json(path):
 
 def npu_cfg(**changes):
     """A resolved configuration as configure() sees it, NPU defaults, no dumps."""
-    cfg = {
-        'device': 'npu',
-        'precision_mode': '',
-        'over_dump': False,
-        'data_dump_flag': False,
-        'profiling': False,
-        'data_dump_step': '10',
-        'over_dump_path': '/r/overflow_dump',
-        'data_dump_path': '/r/data_dump',
-        'profiling_path': '/r/profiling',
-        'dry_run': False,
-        'deterministic': False,
-    }
+    cfg = dict(
+        device='npu',
+        over_dump_path='/r/overflow_dump',
+        data_dump_path='/r/data_dump',
+        profiling_path='/r/profiling',
+    )
     cfg.update(changes)
-    return cfg
+    return RunConfig(**cfg)
 
 
 # ------------------------------------------------------------------ flags
@@ -136,21 +131,21 @@ def npu_cfg(**changes):
 
 def test_defaults_resolve_the_folders_under_result(tmp_path):
     result = str(tmp_path / 'r')
-    cfg = entry.parse_config(['train_evaluate_asl2.py', '--result=' + result])
-    assert (cfg['device'], cfg['precision_mode'], cfg['data_dump_step']) == ('auto', '', '10')
-    assert not (cfg['over_dump'] or cfg['data_dump_flag'] or cfg['profiling'])
-    assert cfg['over_dump_path'] == os.path.join(result, 'overflow_dump')
-    assert cfg['data_dump_path'] == os.path.join(result, 'data_dump')
-    assert cfg['profiling_path'] == os.path.join(result, 'profiling')
+    cfg = parse(['train_evaluate_asl2.py', '--result=' + result])[0]
+    assert (cfg.device, cfg.precision_mode, cfg.data_dump_step) == ('auto', '', '10')
+    assert not (cfg.over_dump or cfg.data_dump_flag or cfg.profiling)
+    assert cfg.over_dump_path == os.path.join(result, 'overflow_dump')
+    assert cfg.data_dump_path == os.path.join(result, 'data_dump')
+    assert cfg.profiling_path == os.path.join(result, 'profiling')
     assert not os.path.exists(result)  # folders are made only for the aids that are on
 
 
 def test_enabled_aid_gets_its_folder(tmp_path):
     folder = str(tmp_path / 'prof' / 'here')
-    cfg = entry.parse_config(
+    cfg = parse(
         ['x', '--result=' + str(tmp_path / 'r'), '--profiling', '--profiling_path=' + folder]
-    )
-    assert cfg['profiling_path'] == folder and os.path.isdir(folder)
+    )[0]
+    assert cfg.profiling_path == folder and os.path.isdir(folder)
 
 
 @pytest.mark.parametrize(
@@ -158,7 +153,7 @@ def test_enabled_aid_gets_its_folder(tmp_path):
     [('0|5|10', [0, 5, 10]), ('0|3-5|10', [0, 3, 4, 5, 10]), (' 2 | 2 ', [2]), ('7-7', [7])],
 )
 def test_parse_dump_steps(text, steps):
-    assert device.parse_dump_steps(text) == steps
+    assert checks.parse_dump_steps(text) == steps
 
 
 @pytest.mark.parametrize(
@@ -255,12 +250,13 @@ def test_resolve_precision(device_name, mode, tf1, expected):
 def test_emulated_bfloat16_is_honoured_with_one_warning(monkeypatch, capsys, native):
     if tf_generation() == 1:
         pytest.skip('TF 1.15 has no bfloat16 policy: allow_mix_precision trains in float32 on CPU')
-    from compat import keras
+    from sesemi_base.compat import keras
 
     monkeypatch.setattr(device, 'bfloat16_is_native', lambda: native)
     cfg = npu_cfg(device='cpu', precision_mode='allow_mix_precision')
     try:
-        assert device.configure(cfg) == {'device': 'cpu', 'precision': 'mixed_bfloat16'}
+        resolved = device.configure(cfg)
+        assert (resolved.device, resolved.precision) == ('cpu', 'mixed_bfloat16')
         assert keras.mixed_precision.global_policy().name == 'mixed_bfloat16'
     finally:
         keras.mixed_precision.set_global_policy('float32')
@@ -303,7 +299,7 @@ def test_mixed_precision_on_cpu(runs):
 
 def test_overflow_check_reports_the_op(runs):
     proc, result = finished(runs, 'overflow')
-    assert proc.returncode == device.OVERFLOW_EXIT_CODE, proc.stderr[-3000:]
+    assert proc.returncode == debug.OVERFLOW_EXIT_CODE, proc.stderr[-3000:]
     errors = own_lines(proc.stderr)
     assert len(errors) == 1 and 'Inf/NaN' in errors[0], proc.stderr[-3000:]
     with open(os.path.join(result, 'overflow_dump', 'overflow_report.txt')) as f:
@@ -397,7 +393,7 @@ def test_npu_session_config(changes, expected):
     only_on(1)
     from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
 
-    config = device.npu_session_config(npu_cfg(**changes))
+    config = npu.npu_session_config(npu_cfg(**changes))
     rewrite = config.graph_options.rewrite_options
     assert rewrite.remapping == RewriterConfig.OFF
     assert rewrite.memory_optimization == RewriterConfig.OFF
@@ -458,14 +454,15 @@ class FakeNpuDevice(types.ModuleType):
 
 def test_npu_device_options_through_configure(monkeypatch):
     only_on(2)
-    npu = FakeNpuDevice()
-    monkeypatch.setitem(sys.modules, 'npu_device', npu)
+    fake = FakeNpuDevice()
+    monkeypatch.setitem(sys.modules, 'npu_device', fake)
     cfg = npu_cfg(
         device='auto', precision_mode='allow_mix_precision', over_dump=True, profiling=True
     )
-    assert device.configure(cfg) == {'device': 'npu', 'precision': 'allow_mix_precision'}
-    assert npu.events == [('open', 'allow_mix_precision'), ('as_default',)]  # set, then opened
-    dump, prof = npu.options.dump_config, npu.options.profiling_config
+    resolved = device.configure(cfg)
+    assert (resolved.device, resolved.precision) == ('npu', 'allow_mix_precision')
+    assert fake.events == [('open', 'allow_mix_precision'), ('as_default',)]  # set, then opened
+    dump, prof = fake.options.dump_config, fake.options.profiling_config
     assert (dump.enable_dump_debug, dump.dump_path, dump.dump_debug_mode) == (
         True,
         '/r/overflow_dump',
@@ -473,32 +470,30 @@ def test_npu_device_options_through_configure(monkeypatch):
     )
     assert not dump.enable_dump and dump.dump_step is None
     assert prof.enable_profiling and json.loads(prof.profiling_options)['output'] == '/r/profiling'
-    cfg.update(device='npu', precision='allow_mix_precision')
-    assert device.optimizer_wrapper(cfg)('sgd') == ('scaled', 'sgd', True)
-    assert device.callbacks(cfg) == []  # the adapter dumps and profiles by itself
+    assert device.optimizer_wrapper(resolved)('sgd') == ('scaled', 'sgd', True)
+    assert debug.callbacks(resolved) == []  # the adapter dumps and profiles by itself
 
 
 def test_npu_data_dump_options_seam():
-    npu = FakeNpuDevice()
-    device.open_npu(npu, device.npu_options(npu_cfg(data_dump_flag=True, data_dump_step='0|5')))
-    dump = npu.options.dump_config
-    assert npu.options.precision_mode == 'allow_fp32_to_fp16'
+    fake = FakeNpuDevice()
+    npu.open_npu(fake, npu.npu_options(npu_cfg(data_dump_flag=True, data_dump_step='0|5')))
+    dump = fake.options.dump_config
+    assert fake.options.precision_mode == 'allow_fp32_to_fp16'
     assert (dump.enable_dump, dump.dump_path, dump.dump_step, dump.dump_mode) == (
         True,
         '/r/data_dump',
         '0|5',
         'output',
     )
-    assert not dump.enable_dump_debug and not npu.options.profiling_config.enable_profiling
-    assert npu.events == [('open', 'allow_fp32_to_fp16'), ('as_default',)]
+    assert not dump.enable_dump_debug and not fake.options.profiling_config.enable_profiling
+    assert fake.events == [('open', 'allow_fp32_to_fp16'), ('as_default',)]
 
 
 def test_npu_loss_scaling_tf1_wraps_a_v1_optimizer(monkeypatch):
     only_on(1)
     import numpy as np
 
-    import utils
-    from compat import K, keras, tf
+    from sesemi_base.compat import K, keras, tf
 
     made = {}
 
@@ -515,7 +510,7 @@ def test_npu_loss_scaling_tf1_wraps_a_v1_optimizer(monkeypatch):
     try:
         wrap = device.optimizer_wrapper(npu_cfg(precision='allow_mix_precision'))
         model = keras.Sequential([keras.layers.Dense(1, input_shape=(3,))])
-        schedule = utils.lr_schedule(0.1, 4, 1.0)
+        schedule = lr_schedule(0.1, 4, 1.0)
         model.compile(wrap(keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)), 'mse')
         rng = np.random.RandomState(0)
         x, y = rng.rand(8, 3), rng.rand(8, 1)
@@ -530,7 +525,7 @@ def test_npu_loss_scaling_tf1_wraps_a_v1_optimizer(monkeypatch):
         assert momentum._use_nesterov and momentum._momentum == pytest.approx(0.9)
         # The learning rate follows the schedule on Keras' step counter: 0.1·(1 − 3/4) now.
         assert K.get_value(momentum._learning_rate()) == pytest.approx(0.025)
-        assert made['manager'] == device.NPU_LOSS_SCALE
+        assert made['manager'] == npu.NPU_LOSS_SCALE
     finally:
         K.clear_session()
 
@@ -560,6 +555,6 @@ def test_npu_dry_run_prints_the_config_without_adapter(runs):
 def test_freed_memory_is_kept_on_glibc():
     import platform
 
-    import compat
+    from sesemi_base import compat
 
     assert compat.keep_freed_memory() == (platform.libc_ver()[0] == 'glibc')

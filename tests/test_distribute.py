@@ -3,6 +3,7 @@ logical CPU devices against one device (same weights with --sync_bn), exact resu
 the strategy, and the Ascend HCCL wiring checked through stand-ins for the adapter."""
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 import signal
@@ -15,10 +16,12 @@ import numpy as np
 import pytest
 from conftest import ROOT, expect_usage_error, stub_adapter_tf1, write_noise_fashion_mnist
 
-import checkpoints
-import device
-import distribute
-from utils import UsageError
+from sesemi_base.errors import UsageError
+from sesemi_base.files import read_metrics
+from sesemi_tf import checkpoints, checks, device, parallel
+from sesemi_tf.config import RunConfig, check_resumable
+from sesemi_tf.model import lr_schedule
+from sesemi_tf.plan import make_plan
 
 # 40 training images, 20 labeled (asl pool = labeled): 5 steps per epoch at batch 4, 4 steps.
 # At the default --base_lr=0.05 this 1/16-width network amplifies the two runs' round-off
@@ -39,7 +42,7 @@ MIRRORED = ['--distribute=mirrored', '--cpu_replicas=2']
 
 
 def tf1() -> bool:
-    from compat import TF1
+    from sesemi_base.compat import TF1
 
     return TF1
 
@@ -121,7 +124,7 @@ def test_multi_worker_needs_a_worker_tf_config(capsys, tiny_fashion, monkeypatch
         monkeypatch.setenv('TF_CONFIG', bad)
         expect_usage_error(capsys, base, 'TF_CONFIG')
     monkeypatch.setenv('TF_CONFIG', tf_config([1, 2, 3], 2))
-    assert distribute.cluster_task() == (2, 3)
+    assert checks.cluster_task() == (2, 3)
     expect_usage_error(
         capsys, base + ['--device=cpu', '--batch_size=16'], '--batch_size=16', '3 replicas'
     )
@@ -159,20 +162,21 @@ def test_mirrored_and_sync_bn_are_refused_on_tf1(capsys, tiny_fashion):
 
 
 def test_scaled_batch_and_learning_rate():
-    cfg = {'batch_size': 16, 'base_lr': 0.05, 'scale_batch': False}
-    assert distribute.scaled(cfg, 4) == (16, 0.05)
-    assert distribute.scaled(dict(cfg, scale_batch=True), 4) == (64, 0.2)
+    cfg = RunConfig(batch_size=16, base_lr=0.05, epochs=1)
+    steps = make_plan(cfg, pool=640, replicas=4)
+    assert (steps.batch_size, steps.base_lr, steps.steps_per_epoch) == (16, 0.05, 40)
+    steps = make_plan(dataclasses.replace(cfg, scale_batch=True), pool=640, replicas=4)
+    assert (steps.batch_size, steps.base_lr, steps.steps_per_epoch) == (64, 0.2, 10)
 
 
 def test_resume_refuses_other_data_parallel_settings():
     saved = {'batch_size': 4, 'replicas': 2, 'sync_bn': True, 'scale_batch': False}
-    checkpoints.check_resumable(saved, dict(saved))
+    keys = ('batch_size', 'replicas', 'sync_bn', 'scale_batch')
+    check_resumable(saved, RunConfig(**saved), keys)
     with pytest.raises(UsageError, match='replicas 1.*--sync_bn=False'):
-        checkpoints.check_resumable(saved, dict(saved, replicas=1, sync_bn=False))
+        check_resumable(saved, RunConfig(**dict(saved, replicas=1, sync_bn=False)), keys)
     # A run saved before these settings existed ran on one device, per-device statistics.
-    checkpoints.check_resumable(
-        {'batch_size': 4}, {'batch_size': 4, 'replicas': 1, 'sync_bn': False, 'scale_batch': False}
-    )
+    check_resumable({'batch_size': 4}, RunConfig(batch_size=4), keys)
 
 
 # ------------------------------------------------------- mirrored, end to end
@@ -180,7 +184,7 @@ def test_resume_refuses_other_data_parallel_settings():
 
 def load_weights(path):
     """(weights, their names) of a model file."""
-    from compat import K, keras
+    from sesemi_base.compat import K, keras
 
     K.clear_session()
     model = keras.models.load_model(path, compile=False)
@@ -316,7 +320,7 @@ def start_workers(data, result, *extra, fault=None, logs=None):
         env.pop(checkpoints.FAULT_ENV, None)
         if fault:
             env[checkpoints.FAULT_ENV] = fault
-        log = open(os.path.join(logs, 'worker_%d.log' % index), 'w')
+        log = open(os.path.join(logs, 'worker_%d.log' % index), 'w')  # noqa: SIM115 (the child writes)
         command = (
             [
                 sys.executable,
@@ -423,7 +427,7 @@ def test_multi_worker_trains_checkpoints_and_resumes_after_a_killed_worker(multi
         'ckpt-4.data-00000-of-00001',
         'ckpt-4.index',
     ]  # the other worker's copies are gone
-    assert len(checkpoints.read_metrics(os.path.join(whole, 'metrics.jsonl'))) == 1  # one writer
+    assert len(read_metrics(os.path.join(whole, 'metrics.jsonl'))) == 1  # one writer
     assert 'the chief writes the results' in other
     # Worker 1 dies after step 3 (its step-2 checkpoint written): the launcher stops the job.
     proc, (chief, other) = launch(
@@ -463,7 +467,7 @@ def test_multi_worker_dead_peer_stops_the_other_worker(multi_worker_data):
     )
     (chief_code, other_code), (chief, _) = finish(workers, logs, timeout=300)
     assert other_code == -signal.SIGKILL
-    assert chief_code == distribute.EXIT_PEER_FAILED, chief[-3000:]
+    assert chief_code == parallel.EXIT_PEER_FAILED, chief[-3000:]
     assert 'error: another worker of the job failed or stopped at step' in chief
     assert 'start every worker again with --resume' in chief
 
@@ -493,26 +497,19 @@ def npu_rank_cfg(monkeypatch, rank=3, size=8, **changes):
     """Rank 3 of 8, as test/train_full_8p.sh starts it; a resolved NPU configuration."""
     monkeypatch.setenv('RANK_ID', str(rank))
     monkeypatch.setenv('RANK_SIZE', str(size))
-    cfg = {
-        'device': 'npu',
-        'distribute': 'npu',
-        'precision': 'allow_fp32_to_fp16',
-        'dry_run': False,
-        'batch_size': 16,
-        'scale_batch': False,
-    }
+    cfg = dict(device='npu', distribute='npu', precision='allow_fp32_to_fp16', batch_size=16)
     cfg.update(changes)
-    return cfg
+    return RunConfig(**cfg)
 
 
 def test_npu_rank_feeds_its_slice_of_every_step(monkeypatch):
-    parallel = distribute.configure(npu_rank_cfg(monkeypatch), adapter=types.ModuleType('stub'))
-    assert (parallel.replicas, parallel.parts) == (8, [3])
-    assert parallel.dataset(lambda parts, n_parts: (parts, n_parts)) == ([3], 8)
-    alone = distribute.configure(npu_rank_cfg(monkeypatch, 0, 1, batch_size=3), adapter=object())
+    data_parallel = parallel.configure(npu_rank_cfg(monkeypatch), adapter=types.ModuleType('stub'))
+    assert (data_parallel.replicas, data_parallel.parts) == (8, [3])
+    assert data_parallel.dataset(lambda parts, n_parts: (parts, n_parts)) == ([3], 8)
+    alone = parallel.configure(npu_rank_cfg(monkeypatch, 0, 1, batch_size=3), adapter=object())
     assert alone.replicas == 1 and alone.all_reduce_wrapper() is None and alone.callbacks() == []
     with pytest.raises(UsageError, match='--batch_size=12 cannot be split across 8'):
-        distribute.configure(npu_rank_cfg(monkeypatch, batch_size=12), adapter=object())
+        parallel.configure(npu_rank_cfg(monkeypatch, batch_size=12), adapter=object())
 
 
 class FakeNpuDevice(types.ModuleType):
@@ -540,14 +537,14 @@ class FakeNpuDevice(types.ModuleType):
 def test_npu_hccl_wiring_tf2(monkeypatch):
     if tf1():
         pytest.skip('TF 2 only')
-    from compat import keras, tf
+    from sesemi_base.compat import keras, tf
 
     npu = FakeNpuDevice()
     monkeypatch.setitem(sys.modules, 'npu_device', npu)
     cfg = npu_rank_cfg(monkeypatch, precision='allow_mix_precision')
-    parallel = distribute.configure(cfg, adapter=npu)
+    data_parallel = parallel.configure(cfg, adapter=npu)
     # Mixed precision: the adapter's loss-scale optimizer around the all-reducing SGD.
-    kind, sgd, dynamic = device.optimizer_wrapper(cfg, parallel.all_reduce_wrapper())(
+    kind, sgd, dynamic = device.optimizer_wrapper(cfg, data_parallel.all_reduce_wrapper())(
         keras.optimizers.SGD(0.1)
     )
     assert (kind, dynamic) == ('scaled', True)
@@ -557,11 +554,11 @@ def test_npu_hccl_wiring_tf2(monkeypatch):
     assert npu.calls == [('all_reduce', 1, 'mean')]
     # float32 modes: the all-reducing SGD itself.
     plain = device.optimizer_wrapper(
-        dict(cfg, precision='allow_fp32_to_fp16'), parallel.all_reduce_wrapper()
+        dataclasses.replace(cfg, precision='allow_fp32_to_fp16'), data_parallel.all_reduce_wrapper()
     )(keras.optimizers.SGD(0.1))
     assert isinstance(plain, keras.optimizers.SGD)
     # Rank 0's weights everywhere before the first step, once.
-    (callback,) = parallel.callbacks()
+    (callback,) = data_parallel.callbacks()
     model = keras.Sequential([keras.layers.Dense(2, input_shape=(3,))])
     callback.set_model(model)
     callback.on_train_begin()
@@ -572,8 +569,7 @@ def test_npu_hccl_wiring_tf2(monkeypatch):
 def test_npu_hccl_wiring_tf1(monkeypatch):
     if not tf1():
         pytest.skip('TF 1.15 only')
-    import utils
-    from compat import K, keras, tf
+    from sesemi_base.compat import K, keras, tf
 
     made = {}
 
@@ -599,21 +595,22 @@ def test_npu_hccl_wiring_tf1(monkeypatch):
     K.clear_session()
     try:
         cfg = npu_rank_cfg(monkeypatch, precision='allow_mix_precision')
-        parallel = distribute.configure(cfg, adapter=adapter)
-        wrap = device.optimizer_wrapper(cfg, parallel.all_reduce_wrapper())
-        wrap(keras.optimizers.SGD(utils.lr_schedule(0.1, 4, 1.0), momentum=0.9, nesterov=True))
+        data_parallel = parallel.configure(cfg, adapter=adapter)
+        wrap = device.optimizer_wrapper(cfg, data_parallel.all_reduce_wrapper())
+        wrap(keras.optimizers.SGD(lr_schedule(0.1, 4, 1.0), momentum=0.9, nesterov=True))
         (momentum,) = made['all_reduce']
         assert isinstance(momentum, tf.compat.v1.train.MomentumOptimizer)
         assert made['loss_scale'] == (momentum, True)  # the ranks agree on overflows
         sgd = keras.optimizers.SGD(0.1)
         assert (
             device.optimizer_wrapper(
-                dict(cfg, precision='allow_fp32_to_fp16'), parallel.all_reduce_wrapper()
+                dataclasses.replace(cfg, precision='allow_fp32_to_fp16'),
+                data_parallel.all_reduce_wrapper(),
             )(sgd)
             is sgd
         )
         assert made['all_reduce'][1] is sgd
-        (callback,) = parallel.callbacks()
+        (callback,) = data_parallel.callbacks()
         assert isinstance(callback, Broadcast) and callback.root_rank == 0
     finally:
         K.clear_session()

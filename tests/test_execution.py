@@ -10,25 +10,17 @@ import pytest
 from conftest import expect_usage_error, write_noise_fashion_mnist
 from test_checkpoints import load_weights, metrics, run
 
-import checkpoints
-import execution
-import train_evaluate_asl2 as entry
+from sesemi_base.errors import UsageError
+from sesemi_tf import checks, execution, progress
+from sesemi_tf.config import AUTO_STEPS_PER_EXECUTION, RUN_DEFINING, RunConfig
+from sesemi_tf.plan import Plan, fit_phases
 
 
 def flags(**overrides):
-    cfg = {
-        'xla': 'auto',
-        'steps_per_execution': 0,
-        'ckpt_every_steps': 0,
-        'over_dump': False,
-        'data_dump_flag': False,
-        'profiling': False,
-    }
-    cfg.update(overrides)
-    return cfg
+    return RunConfig(**overrides)
 
 
-AUTO = execution.AUTO_STEPS_PER_EXECUTION
+AUTO = AUTO_STEPS_PER_EXECUTION
 
 
 @pytest.mark.parametrize(
@@ -59,7 +51,7 @@ AUTO = execution.AUTO_STEPS_PER_EXECUTION
 )
 def test_resolve(overrides, device, tf1, epoch, expected):
     cfg = flags(**overrides)
-    execution.check_flags(cfg)
+    checks.check_execution(cfg)
     assert execution.resolve(cfg, device, tf1, epoch) == expected
 
 
@@ -74,7 +66,7 @@ def test_resolve(overrides, device, tf1, epoch, expected):
     ],
 )
 def test_resolve_refuses(overrides, device, tf1, words):
-    with pytest.raises(execution.UsageError) as err:
+    with pytest.raises(UsageError) as err:
         execution.resolve(flags(**overrides), device, tf1, 10)
     for word in words:
         assert word in str(err.value)
@@ -97,13 +89,6 @@ def test_conflicting_flags_are_one_line(capsys, tiny_cifar10, argv, words):
     )
 
 
-class Phases:
-    def __init__(self, steps_per_epoch, total_steps):
-        self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
-
-    fit_phases = entry.Training.fit_phases
-
-
 @pytest.mark.parametrize(
     'spe,total,start,expected',
     [
@@ -117,15 +102,23 @@ class Phases:
     ],
 )
 def test_fit_phases_never_run_past_the_end(spe, total, start, expected):
-    phases = list(Phases(spe, total).fit_phases(start))
+    plan = Plan(
+        batch_size=16,
+        base_lr=0.05,
+        steps_per_epoch=spe,
+        total_steps=total,
+        epochs=0,
+        images_per_step=0,
+    )
+    phases = list(fit_phases(plan, start))
     assert phases == expected
     assert sum((last - first) * steps for first, last, steps, _ in phases) == total - start
 
 
 def test_progress_lines_at_the_interval(monkeypatch, capsys):
     clock = [100.0]
-    monkeypatch.setattr(entry.time, 'time', lambda: clock[0])
-    lines = entry.ProgressLines(total_steps=100, images_per_step=192, seconds=60)
+    monkeypatch.setattr(progress.time, 'time', lambda: clock[0])
+    lines = progress.ProgressLines(total_steps=100, images_per_step=192, seconds=60)
     lines.begin(0)
     for step in range(1, 101):
         clock[0] += 2.0  # 2 s per step: a line every 30 steps
@@ -133,7 +126,7 @@ def test_progress_lines_at_the_interval(monkeypatch, capsys):
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in out] == ['30/100', '60/100', '90/100']
     assert '96 img/s' in out[0] and 'ETA 0:02:20' in out[0] and 'loss 1.5000' in out[0]
-    silent = entry.ProgressLines(total_steps=100, images_per_step=192, seconds=0)
+    silent = progress.ProgressLines(total_steps=100, images_per_step=192, seconds=0)
     silent.begin(0)
     clock[0] += 1000
     silent.update(50, {})
@@ -154,7 +147,7 @@ def test_off_a_terminal_a_run_prints_progress_lines(tiny_fashion, tmp_path):
 def test_several_steps_per_execution_give_the_same_training(tiny_fashion, tmp_path):
     """Several steps per call of the training function (TF 2) train exactly what
     one step per call trains: same losses per epoch and same weights."""
-    from compat import TF1
+    from sesemi_base.compat import TF1
 
     exact = ['--deterministic', '--super_dropout=0', '--epochs=3', '--max_steps=27']
     one, many = str(tmp_path / 'one'), str(tmp_path / 'many')
@@ -194,7 +187,7 @@ def test_xla_trains_what_plain_execution_trains(
     """The default execution (several steps per call on TF 2.x) and XLA train what
     one uncompiled step per call trains: after ``steps`` steps the losses agree to
     the relative and the weights to the (relative, absolute) ``tolerance``."""
-    from compat import TF1
+    from sesemi_base.compat import TF1
 
     exact = ['--super_dropout=0', '--epochs=3', '--max_steps=%d' % steps]
     if TF1 or '--xla=on' not in flags_a:
@@ -222,8 +215,8 @@ def test_the_precision_in_effect_defines_the_run(tiny_fashion, tmp_path):
     with open(os.path.join(result, 'result.json')) as f:
         final = json.load(f)
     assert final['precision'] == 'float32' and final['xla'] == 'off'
-    assert 'precision' in checkpoints.RUN_DEFINING
-    from compat import TF1
+    assert 'precision' in RUN_DEFINING
+    from sesemi_base.compat import TF1
 
     proc = run(
         tiny_fashion, result, '--max_steps=3', '--resume', '--precision_mode=allow_mix_precision'

@@ -14,7 +14,9 @@ from PIL import Image
 
 import dataset
 from dataset import folder, image_cache, images
-from utils import UsageError
+from dataset.common import to_unit_float
+from sesemi_base.errors import UsageError
+from sesemi_tf import pipeline
 
 TINY = [
     '--network=convnet',
@@ -169,18 +171,19 @@ def test_cache_survives_rows_left_by_a_killed_run(tmp_path):
 def test_pipeline_converts_uint8_images_as_the_float_path_does():
     from conftest import class_images, take
 
-    import model_io
-    import utils
+    from sesemi_tf import model_io
 
     labels = np.arange(12) % 2
     raw = class_images(labels, size=8, channels=3)
     prep = model_io.Preprocessing('folder', 2, (8, 8, 3), ('a', 'b'), True, 0, resize='crop')
     one_hot = np.eye(2, dtype=np.float32)[labels]
-    sampler = utils.BatchSampler(np.arange(6), np.arange(12), 4, 2, seed=0)
+    sampler = pipeline.BatchSampler(np.arange(6), np.arange(12), 4, 2, seed=0)
     floats = take(
-        utils.make_dataset(prep.apply(dataset.to_unit_float(raw)), one_hot, sampler, 3, True), 2
+        pipeline.make_dataset(prep.apply(to_unit_float(raw)), one_hot, sampler, 3, True), 2
     )
-    converted = take(utils.make_dataset(raw, one_hot, sampler, 3, True, convert=prep.apply_tf), 2)
+    converted = take(
+        pipeline.make_dataset(raw, one_hot, sampler, 3, True, convert=prep.apply_tf), 2
+    )
     for (inputs, targets), (inputs2, targets2) in zip(floats, converted):
         assert sorted(inputs) == sorted(inputs2) == ['self_data', 'super_data']
         for key in inputs:
@@ -344,9 +347,10 @@ def test_bad_flags_for_folder_data(capsys, image_root, tmp_path):
 
 def test_tf1_refuses_a_training_set_over_its_graph_limit(capsys, monkeypatch, image_root, tmp_path):
     import train_evaluate_asl2 as entry
-    from compat import TF1
+    from sesemi_base.compat import TF1
+    from sesemi_tf import pipeline
 
-    monkeypatch.setattr(entry, 'GRAPH_CONSTANT_LIMIT', 1000)  # bytes: the tiny set is larger
+    monkeypatch.setattr(pipeline, 'GRAPH_CONSTANT_LIMIT', 1000)  # bytes: the tiny set is larger
     os.remove(os.path.join(image_root, 'labeled', 'b', 'broken.png'))  # no warning line
     argv = ['--data=folder', '--dataset=' + image_root, '--mode=sesemi', '--dry_run'] + TINY
     if TF1:
@@ -433,8 +437,8 @@ def test_each_mode_trains_and_leaves_split_and_skip_list(trained):
 
 @pytest.mark.slow
 def test_model_tools_work_on_a_folder_model(trained, tmp_path):
-    import model_io
-    from compat import K
+    from sesemi_base.compat import K
+    from sesemi_tf import model_io
 
     root, base, _ = trained
     result = str(base / 'sesemi')

@@ -128,6 +128,11 @@ def read_case_log(path):
         return dict(line.split(' = ', 1) for line in f.read().splitlines())
 
 
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)
@@ -348,7 +353,8 @@ def test_full_script_from_inside_test_folder(tmp_path, tiny_cifar10):
         cwd=TEST_DIR,
     )
     out = str(tmp_path / 'output' / '0')
-    assert proc.returncode == 0, proc.stderr + open(os.path.join(out, 'train_0.log')).read()[-3000:]
+    log = read_text(os.path.join(out, 'train_0.log'))
+    assert proc.returncode == 0, proc.stderr + log[-3000:]
     args = read_json(os.path.join(out, 'result', 'args.json'))
     assert (args['max_steps'], args['seed'], args['labels'], args['batch_size']) == (7, 7, 20, 4)
     assert args['dataset'] == tiny_cifar10 and args['mode'] == 'asl'
@@ -356,7 +362,7 @@ def test_full_script_from_inside_test_folder(tmp_path, tiny_cifar10):
     assert result['steps'] == 7
     case = check_case_log(out, 'full', 4)
     assert float(case['TrainAccuracy']) == pytest.approx(1 - result['error_dense'], abs=5e-5)
-    assert 'Final test error' in open(os.path.join(out, 'train_0.log')).read()
+    assert 'Final test error' in log
 
 
 def test_bad_data_fails_with_the_reason(tmp_path):

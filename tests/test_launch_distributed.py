@@ -49,8 +49,9 @@ print('%s: %.1f images/s' % (name, 100.0 + index), flush=True)
 fail = os.environ.get('STUB_FAIL')
 if fail == name:
     deadline = time.time() + 30
-    while (len([n for n in os.listdir(folder) if n.endswith('.json')]) < int(os.environ['STUB_COUNT'])
-           and time.time() < deadline):
+    count = int(os.environ['STUB_COUNT'])
+    while len([n for n in os.listdir(folder) if n.endswith('.json')]) < count and (
+            time.time() < deadline):
         time.sleep(0.05)
     print('error: stub failure of ' + name, file=sys.stderr)
     sys.exit(3)

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, write_cifar10, write_fashion_mnist
 
 import dataset
-import model_io
+from sesemi_tf import model_io
 
 TINY = [
     '--network=convnet',
@@ -100,7 +100,7 @@ def fresh_keras():
 def test_model_file_carries_the_training_preprocessing(run):
     import h5py
 
-    from compat import keras
+    from sesemi_base.compat import keras
     from utils import global_contrast_normalize
 
     info = dataset.get(run.data)
@@ -119,7 +119,8 @@ def test_model_file_carries_the_training_preprocessing(run):
         np.testing.assert_array_equal(prep.apply(run.x_test), gcn)
     else:
         # The stored ZCA is the one fitted on the run's GCN'd training set: mean μ and
-        # W = (Σ + 0.1·I)^(-1/2), checked as W·W·(Σ + 0.1·I)·v = v on random v (cheaper than a refit).
+        # W = (Σ + 0.1·I)^(-1/2), checked as W·W·(Σ + 0.1·I)·v = v on random v (cheaper than
+        # a refit).
         train = (
             global_contrast_normalize(run.x_train).reshape(len(run.x_train), -1).astype(np.float64)
         )
@@ -211,7 +212,7 @@ def test_predict_reads_images_as_the_dataset_loader_does(runs, tmp_path):
 def run_export(model, output):
     """Exports ``model`` to ``output`` and returns a function images → probabilities using it."""
     import export
-    from compat import TF1, tf
+    from sesemi_base.compat import TF1, tf
 
     assert export.main(['export.py', '--model=' + model, '--output=' + output]) == 0
     with open(os.path.join(output, 'serving.json')) as f:

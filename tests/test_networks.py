@@ -5,8 +5,8 @@ and the name registry."""
 import pytest
 
 import networks
-from compat import keras
-from utils import UsageError
+from sesemi_base.compat import keras
+from sesemi_base.errors import UsageError
 
 INPUT_SHAPE = (32, 32, 3)
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, expect_usage_error, take, write_image_folder
 
-import precise_bn
-import utils
-from compat import TF1, K, keras, tf
+from sesemi_base.compat import TF1, K, keras, tf
+from sesemi_tf import pipeline, precise_bn
 
 EPSILON = 1e-3
 SHAPE = (3, 3, 2)
@@ -94,7 +93,7 @@ def test_recomputed_statistics_equal_a_numpy_average_over_the_same_batches():
 
 def test_recompute_needs_a_batch():
     model, _ = small_model()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match='at least one batch'):
         precise_bn.recompute(model, None, 0)
 
 
@@ -107,13 +106,13 @@ def test_the_batches_are_fixed_and_none_of_the_training_stream():
         np.testing.assert_array_equal(a[0]['super_data'], b[0]['super_data'])
     assert first[0][0]['super_data'].shape == (6, 8, 8, 1)
     # The training pipeline of the run (seed 3) draws other images and augmentations.
-    sampler = utils.BatchSampler(np.arange(12), [], 6, 0, 3)
+    sampler = pipeline.BatchSampler(np.arange(12), [], 6, 0, 3)
     labels = np.zeros((12, 1), np.float32)
-    training = take(utils.make_dataset(images, labels, sampler, 3, True), 1)[0]
+    training = take(pipeline.make_dataset(images, labels, sampler, 3, True), 1)[0]
     assert not np.allclose(training[0]['super_data'], first[0][0]['super_data'])
     # They are the training pipeline's own batches from step 0 with seed + 1000.
-    sampler = utils.BatchSampler(np.arange(12), [], 6, 0, 1003)
-    shifted = take(utils.make_dataset(images, labels, sampler, 1003, True), 2)
+    sampler = pipeline.BatchSampler(np.arange(12), [], 6, 0, 1003)
+    shifted = take(pipeline.make_dataset(images, labels, sampler, 1003, True), 2)
     for a, b in zip(first, shifted):
         np.testing.assert_array_equal(a[0]['super_data'], b[0]['super_data'])
 

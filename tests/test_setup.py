@@ -21,8 +21,8 @@ def requirements(name):
     a version range (e.g. ``<3.21``) counts as not pinned."""
     found = {}
     with open(os.path.join(ROOT, name)) as f:
-        for line in f:
-            line = line.split('#')[0].strip()
+        for text in f:
+            line = text.split('#')[0].strip()
             if line:
                 match = REQUIREMENT.match(line)
                 assert match, 'unparsed line in %s: %s' % (name, line)
@@ -59,8 +59,12 @@ def test_setup_gpu_builds_its_own_venv_from_the_gpu_requirements():
 
 def test_cpu_setup_is_unchanged_by_the_gpu_path():
     commands = make_dry_run('setup')
-    assert '.venv/bin/pip install -q -r requirements.txt -r requirements-dev.txt\n' in commands
-    assert '.venv-tf1/bin/pip install -q -r requirements.txt -r requirements-dev.txt\n' in commands
+    for venv in ('.venv', '.venv-tf1'):
+        assert 'rm -rf %s\n' % venv in commands  # built afresh: nothing of an earlier install stays
+        assert (
+            '%s/bin/pip install -q -r requirements.txt -r requirements-dev.txt -c '
+            'requirements-lock.txt\n' % venv
+        ) in commands
     assert '.venv-gpu' not in commands and 'requirements-gpu.txt' not in commands
 
 
@@ -87,7 +91,7 @@ def test_gpu_requirements_match_the_cpu_ones_apart_from_tensorflow():
     cpu = {
         name: version
         for name, (_, version, marker) in requirements('requirements.txt').items()
-        if marker in (None, TF2_MARKER) and name != 'tensorflow-cpu'
+        if marker in (None, TF2_MARKER) and name != 'tensorflow'
     }
     assert sorted(cpu) == sorted(
         name for name in gpu if name != 'tensorflow' and not name.startswith('nvidia-')
@@ -117,3 +121,58 @@ def test_cuda_pins_are_tensorflows_and_cuda_extra():
     assert sorted(nvidia) == sorted(extra)
     for name, version in nvidia.items():
         assert extra[name].contains(version), (name, version, str(extra[name]))
+
+
+def locked():
+    """{(lower-cased name, marker): version} of requirements-lock.txt."""
+    found = {}
+    with open(os.path.join(ROOT, 'requirements-lock.txt')) as f:
+        for text in f:
+            line = text.split('#')[0].strip()
+            if line:
+                package, rest = line.split('==', 1)
+                version, marker = [part.strip() for part in rest.split(';')]
+                found[(package.lower().replace('_', '-'), marker)] = version
+    return found
+
+
+def this_marker():
+    import sys
+
+    return 'python_version < "3.8"' if sys.version_info < (3, 8) else TF2_MARKER
+
+
+def installed():
+    """{lower-cased name: version} of every distribution in this environment."""
+    try:
+        import importlib.metadata as importlib_metadata
+    except ImportError:  # Python 3.7: the backport, which pytest depends on there
+        import importlib_metadata
+    return {
+        dist.metadata['Name'].lower().replace('_', '-'): dist.version
+        for dist in importlib_metadata.distributions()
+    }
+
+
+def test_one_tensorflow_in_this_environment():
+    wheels = {'tensorflow', 'tensorflow-cpu', 'tensorflow-gpu', 'tensorflow-intel'}
+    assert len(wheels & set(installed())) == 1, sorted(wheels & set(installed()))
+
+
+def test_every_requirement_is_pinned_exactly():
+    for name in ('requirements.txt', 'requirements-dev.txt'):
+        unpinned = [n for n, (_, version, _) in requirements(name).items() if version is None]
+        assert not unpinned, (name, unpinned)
+
+
+def test_this_environment_holds_exactly_the_locked_packages():
+    if os.environ.get('VENV', '.venv') == '.venv-gpu' or 'nvidia-cublas-cu12' in installed():
+        pytest.skip('the GPU environment is pinned by requirements-gpu.txt')
+    marker = this_marker()
+    want = {name: version for (name, m), version in locked().items() if m == marker}
+    have = {
+        name: version
+        for name, version in installed().items()
+        if name not in ('pip', 'setuptools', 'wheel')
+    }
+    assert have == want

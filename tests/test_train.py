@@ -115,7 +115,7 @@ def test_eval_every_steps_evaluates_inside_long_epochs(tiny_cifar10, tmp_path):
         ]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from compat import TF1
+    from sesemi_base.compat import TF1
 
     with open(os.path.join(result, 'args.json')) as f:  # TF 2: divides the interval and the epoch
         assert json.load(f)['steps_per_execution'] == (1 if TF1 else 2)

@@ -7,6 +7,10 @@ from conftest import take, to_numpy
 from scipy import ndimage
 
 import utils
+from sesemi_base.errors import UsageError
+from sesemi_tf import augment, pipeline
+from sesemi_tf.evaluation import evaluate
+from sesemi_tf.model import build_models, lr_schedule
 
 
 def test_gcn_matches_formula():
@@ -63,9 +67,9 @@ def test_labeled_indices_all_and_bad_counts():
     assert utils.labeled_indices(labels, 50, 10) == list(range(50))
     assert len(utils.labeled_indices(labels, 20, 10)) == 20
     for bad, word in ((60, 'larger'), (25, 'multiple'), (5, 'multiple')):
-        with pytest.raises(utils.UsageError, match=word):
+        with pytest.raises(UsageError, match=word):
             utils.labeled_indices(labels, bad, 10)
-    with pytest.raises(utils.UsageError, match='class 3'):
+    with pytest.raises(UsageError, match='class 3'):
         utils.labeled_indices(np.array([0] * 9 + [1, 2] * 9 + [3]), 20, 4)
 
 
@@ -85,10 +89,10 @@ def test_geometric_transform_matches_numpy():
 
 
 def test_proxy_transforms_in_graph_equal_numpy():
-    from compat import tf
+    from sesemi_base.compat import tf
 
     imgs = np.random.RandomState(1).rand(3, 32, 32, 3).astype(np.float32)
-    views, labels = to_numpy(utils.proxy_transforms(tf.constant(imgs)))
+    views, labels = to_numpy(augment.proxy_transforms(tf.constant(imgs)))
     assert views.shape == (18, 32, 32, 3)
     for n in range(3):
         exp_views, exp_labels = utils.geometric_transform(imgs[n])
@@ -97,7 +101,7 @@ def test_proxy_transforms_in_graph_equal_numpy():
 
 
 def test_shift_matches_scipy_reflect_for_every_offset():
-    from compat import tf
+    from sesemi_base.compat import tf
 
     img = np.random.RandomState(2).rand(1, 8, 8, 2).astype(np.float32)
     offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
@@ -106,8 +110,8 @@ def test_shift_matches_scipy_reflect_for_every_offset():
     dx = np.array([o[1] for o in offsets], np.int32)
     got, got_flipped = to_numpy(
         [
-            utils.shift_images(tf.constant(batch), tf.constant(dy), tf.constant(dx)),
-            utils.shift_images(
+            augment.shift_images(tf.constant(batch), tf.constant(dy), tf.constant(dx)),
+            augment.shift_images(
                 tf.constant(batch),
                 tf.constant(dy),
                 tf.constant(dx),
@@ -124,17 +128,17 @@ def test_shift_matches_scipy_reflect_for_every_offset():
 
 
 def test_random_augmentations_are_seeded_and_in_range():
-    from compat import tf
+    from sesemi_base.compat import tf
 
     imgs = np.random.RandomState(3).rand(64, 8, 8, 1).astype(np.float32)
     seed = tf.constant([5, 7], tf.int64)
     flip_seed = tf.constant([5, 8], tf.int64)
     shifted, shifted_again, flipped, noisy = to_numpy(
         [
-            utils.random_shift(tf.constant(imgs), seed),
-            utils.random_shift(tf.constant(imgs), seed),
-            utils.random_shift(tf.constant(imgs), seed, flip_seed),
-            utils.add_noise(tf.constant(imgs), seed),
+            augment.random_shift(tf.constant(imgs), seed),
+            augment.random_shift(tf.constant(imgs), seed),
+            augment.random_shift(tf.constant(imgs), seed, flip_seed),
+            augment.add_noise(tf.constant(imgs), seed),
         ]
     )
     np.testing.assert_array_equal(shifted, shifted_again)
@@ -159,14 +163,14 @@ def test_random_augmentations_are_seeded_and_in_range():
 def test_noise_is_standard_normal_and_seeded():
     from scipy import stats
 
-    from compat import tf
+    from sesemi_base.compat import tf
 
     seed = tf.constant([3, 9], tf.int64)
     z, again, other = to_numpy(
         [
-            utils.standard_normal(tf.constant([7, 101, 3]), seed),
-            utils.standard_normal(tf.constant([7, 101, 3]), seed),
-            utils.standard_normal(tf.constant([7, 101, 3]), seed + 1),
+            augment.standard_normal(tf.constant([7, 101, 3]), seed),
+            augment.standard_normal(tf.constant([7, 101, 3]), seed),
+            augment.standard_normal(tf.constant([7, 101, 3]), seed + 1),
         ]
     )
     assert z.shape == (7, 101, 3) and np.isfinite(z).all()
@@ -179,9 +183,9 @@ def test_noise_is_standard_normal_and_seeded():
 
 
 def test_lr_schedule_start_middle_end():
-    from compat import to_float
+    from sesemi_base.compat import to_float
 
-    schedule = utils.lr_schedule(0.05, 1000, 0.5)
+    schedule = lr_schedule(0.05, 1000, 0.5)
     assert to_float(schedule(0)) == pytest.approx(0.05)
     assert to_float(schedule(500)) == pytest.approx(0.05 * 0.5**0.5, rel=1e-5)
     assert to_float(schedule(750)) == pytest.approx(0.05 * 0.25**0.5, rel=1e-5)
@@ -218,9 +222,9 @@ def test_evaluate_perfect_and_chance_models():
 
     x = np.concatenate([np.full((5, 8, 8, 1), -1.0), np.full((5, 8, 8, 1), 1.0)]).astype(np.float32)
     y = np.array([0] * 5 + [1] * 5)
-    errors = utils.evaluate(Oracle(), x, y, hflip=True, chunk=3)
+    errors = evaluate(Oracle(), x, y, hflip=True, chunk=3)
     assert errors == {'error_single': 0.0, 'error_dense': 0.0}
-    assert utils.evaluate(Oracle(), x, 1 - y, hflip=False) == {
+    assert evaluate(Oracle(), x, 1 - y, hflip=False) == {
         'error_single': 1.0,
         'error_dense': 1.0,
     }
@@ -228,7 +232,7 @@ def test_evaluate_perfect_and_chance_models():
 
 def test_batch_sampler_walks_permutations_and_depends_only_on_the_step():
     labeled_set, pool_set = np.arange(100, 110), np.arange(7)
-    sampler = utils.BatchSampler(labeled_set, pool_set, labeled_batch=4, pool_batch=3, seed=0)
+    sampler = pipeline.BatchSampler(labeled_set, pool_set, labeled_batch=4, pool_batch=3, seed=0)
     steps = [sampler.batch(t) for t in range(7)]
     labeled = np.concatenate([s[0] for s in steps])  # 28 draws: epochs of 10, 10, 8
     assert sorted(labeled[:10]) == list(labeled_set) and sorted(labeled[10:20]) == list(labeled_set)
@@ -236,21 +240,21 @@ def test_batch_sampler_walks_permutations_and_depends_only_on_the_step():
     pool = np.concatenate([s[1] for s in steps])
     assert sorted(pool[:7]) == list(pool_set) and sorted(pool[7:14]) == list(pool_set)
     # A new sampler (as after a restart) gives the same batches for any step, in any order.
-    other = utils.BatchSampler(labeled_set, pool_set, 4, 3, seed=0)
+    other = pipeline.BatchSampler(labeled_set, pool_set, 4, 3, seed=0)
     for t in (5, 2, 6):
         np.testing.assert_array_equal(other.batch(t)[0], steps[t][0])
         np.testing.assert_array_equal(other.batch(t)[1], steps[t][1])
     assert not np.array_equal(
-        utils.BatchSampler(labeled_set, pool_set, 4, 3, seed=1).batch(0)[0], steps[0][0]
+        pipeline.BatchSampler(labeled_set, pool_set, 4, 3, seed=1).batch(0)[0], steps[0][0]
     )
 
 
 def test_dataset_started_at_a_step_continues_the_stream():
     x = np.random.RandomState(0).rand(30, 32, 32, 3).astype(np.float32)
     y = np.eye(10, dtype=np.float32)[np.arange(30) % 10]
-    sampler = utils.BatchSampler(np.arange(30), np.arange(30), 12, 2, seed=4)
-    whole = take(utils.make_dataset(x, y, sampler, seed=4, hflip=True), 4)
-    resumed = take(utils.make_dataset(x, y, sampler, seed=4, hflip=True, first_step=2), 2)
+    sampler = pipeline.BatchSampler(np.arange(30), np.arange(30), 12, 2, seed=4)
+    whole = take(pipeline.make_dataset(x, y, sampler, seed=4, hflip=True), 4)
+    resumed = take(pipeline.make_dataset(x, y, sampler, seed=4, hflip=True, first_step=2), 2)
     for a, b in zip(whole[2:], resumed):
         np.testing.assert_array_equal(a[0]['super_data'], b[0]['super_data'])
         np.testing.assert_array_equal(a[0]['self_data'], b[0]['self_data'])
@@ -263,8 +267,8 @@ def test_training_dataset_batch_composition_and_determinism():
     y = np.eye(10, dtype=np.float32)[np.arange(40) % 10]
 
     def first_two(seed):
-        sampler = utils.BatchSampler(np.arange(40), np.arange(40), 16 * 6, 16, seed=seed)
-        return take(utils.make_dataset(x, y, sampler, seed=seed, hflip=True), 2)
+        sampler = pipeline.BatchSampler(np.arange(40), np.arange(40), 16 * 6, 16, seed=seed)
+        return take(pipeline.make_dataset(x, y, sampler, seed=seed, hflip=True), 2)
 
     (inputs, targets), second = first_two(1)
     assert inputs['super_data'].shape == (96, 32, 32, 3)
@@ -298,8 +302,8 @@ def test_training_dataset_batch_composition_and_determinism():
 def test_supervised_dataset_has_no_self_branch():
     x = np.zeros((20, 32, 32, 1), np.float32)
     y = np.eye(2, dtype=np.float32)[np.arange(20) % 2]
-    sampler = utils.BatchSampler(np.arange(20), [], 12, 16, seed=0)
-    ((inputs, targets),) = take(utils.make_dataset(x, y, sampler, seed=0, hflip=False))
+    sampler = pipeline.BatchSampler(np.arange(20), [], 12, 16, seed=0)
+    ((inputs, targets),) = take(pipeline.make_dataset(x, y, sampler, seed=0, hflip=False))
     assert set(inputs) == {'super_data'} and set(targets) == {'super_clf'}
     assert inputs['super_data'].shape == (12, 32, 32, 1)
 
@@ -310,11 +314,11 @@ def test_supervised_dataset_has_no_self_branch():
 )
 def test_two_headed_model_parameter_counts(name, full, inference):
     import networks
-    from compat import K
+    from sesemi_base.compat import K
 
     K.clear_session()
     trunk = networks.get(name)((32, 32, 3))
-    train, infer = utils.build_models(trunk, (32, 32, 3), 10, True, 0.2)
+    train, infer = build_models(trunk, (32, 32, 3), 10, True, 0.2)
     assert train.count_params() == full
     assert infer.count_params() == inference
     assert [t.name.split(':')[0].split('/')[0] for t in train.inputs] == ['self_data', 'super_data']
@@ -327,18 +331,18 @@ def test_replica_slices_put_together_are_the_single_device_step(convert):
     rng = np.random.RandomState(0)
     x = rng.randint(0, 256, (40, 16, 16, 3)).astype(np.uint8)
     y = np.eye(10, dtype=np.float32)[np.arange(40) % 10]
-    sampler = utils.BatchSampler(np.arange(20), np.arange(40), 4 * 6, 4, seed=2)
+    sampler = pipeline.BatchSampler(np.arange(20), np.arange(40), 4 * 6, 4, seed=2)
     options = {'convert': lambda t: t * 2.0 - 1.0} if convert else {}
     images = x if convert else x.astype(np.float32) / 255.0
-    whole = take(utils.make_dataset(images, y, sampler, 2, True, first_step=3, **options), 2)
+    whole = take(pipeline.make_dataset(images, y, sampler, 2, True, first_step=3, **options), 2)
     halves = take(
-        utils.make_dataset(
+        pipeline.make_dataset(
             images, y, sampler, 2, True, first_step=3, parts=(0, 1), n_parts=2, **options
         ),
         4,
     )
     second = take(
-        utils.make_dataset(
+        pipeline.make_dataset(
             images, y, sampler, 2, True, first_step=3, parts=(1,), n_parts=2, **options
         ),
         1,
@@ -350,5 +354,5 @@ def test_replica_slices_put_together_are_the_single_device_step(convert):
                 np.concatenate(pieces), part, rtol=0, atol=1e-6, err_msg=name
             )
     np.testing.assert_array_equal(second[0]['super_data'], halves[1][0]['super_data'])
-    with pytest.raises(ValueError):
-        utils.make_dataset(images, y, sampler, 2, True, n_parts=3)
+    with pytest.raises(ValueError, match='cannot be cut into 3 equal parts'):
+        pipeline.make_dataset(images, y, sampler, 2, True, n_parts=3)

@@ -3,47 +3,24 @@
 A checkpoint holds the trained model's weights and the optimizer (momentum slots
 and the iteration counter, from which the learning-rate schedule, the epoch and
 the input pipeline's position all follow: batches and augmentation are pure
-functions of the step, see ``utils.BatchSampler``). TensorFlow's
+functions of the step, see ``sesemi_tf.pipeline.BatchSampler``). TensorFlow's
 ``CheckpointManager`` writes them under ``<result>/checkpoints`` and records the
 newest in its state file only once a checkpoint is complete, so a kill at any
 moment leaves the previous checkpoint usable.
 """
 
 import errno
-import json
 import os
 import shutil
 import signal
 import sys
-from typing import List, Optional
+from typing import Dict, Optional
 
-from utils import UsageError
-
-# Flags whose change makes a saved run a different run.
-RUN_DEFINING = (
-    'data',
-    'network',
-    'labels',
-    'mode',
-    'batch_size',
-    'epochs',
-    'seed',
-    'width',
-    'base_lr',
-    'lr_decay_power',
-    'max_steps',
-    'super_dropout',
-    'image_size',
-    'hflip',
-    'zca',
-    'test_fraction',
-    'precision',  # the precision in effect: float32, mixed_bfloat16, an NPU mode
-    'replicas',
-    'scale_batch',
-    'sync_bn',
-)  # data parallelism (see distribute.py)
-# What runs saved before a flag existed ran with.
-RUN_DEFAULTS = {'replicas': 1, 'scale_batch': False, 'sync_bn': False}
+from networks.layers import DEBIAS_STATE, PROXY_STATE, BatchNormalization, batchnorm_layers
+from sesemi_base.compat import create_optimizer_slots, restore_checkpoint, session_scope, tf
+from sesemi_base.errors import UsageError
+from sesemi_tf.checks import cluster_task
+from sesemi_tf.parallel import collective_errors
 
 # Fault injection for the crash tests: SESEMI_FAULT=<point>:<step> kills the
 # process with SIGKILL when it reaches <point> at training step <step>;
@@ -62,32 +39,10 @@ def fault_point(point: str, step: int) -> None:
 
 def _worker() -> str:
     """This process's worker index in TF_CONFIG ('' without a valid one)."""
-    from distribute import cluster_task
-
     try:
         return str(cluster_task()[0])
     except UsageError:
         return ''
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file and a rename, so that
-    readers see either the old or the new content, never a partial file."""
-    tmp = '%s.tmp%d' % (path, os.getpid())
-    try:
-        with open(tmp, 'w') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json(path: str, obj) -> None:
-    """Writes ``obj`` as indented JSON with sorted keys, atomically."""
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + '\n')
 
 
 def folder_guard(path: str):
@@ -109,49 +64,6 @@ def folder_guard(path: str):
     return check
 
 
-def read_metrics(path: str) -> List[dict]:
-    """The rows of a metrics.jsonl file (an incomplete last line is dropped)."""
-    rows = []
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    break
-    return rows
-
-
-def write_metrics(path: str, rows: List[dict]) -> None:
-    write_atomic(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
-
-
-def check_resumable(saved: dict, cfg: dict) -> None:
-    """Refuses to resume a run whose defining flags changed. Keys that ``cfg``
-    does not hold yet (the precision, before the device is configured) are left
-    for a later call.
-
-    Raises:
-        UsageError: listing every flag whose saved value differs.
-    """
-
-    def name(key: str) -> str:  # resolved: precision from --precision_mode and the device,
-        if key in ('precision', 'replicas'):  # replicas from the strategy
-            return '%s %s' % (key, cfg[key])
-        return '--%s=%s' % (key, cfg[key])
-
-    diffs = [
-        '%s (saved: %s)' % (name(k), saved.get(k, RUN_DEFAULTS.get(k)))
-        for k in RUN_DEFINING
-        if k in cfg and saved.get(k, RUN_DEFAULTS.get(k)) != cfg[k]
-    ]
-    if diffs:
-        raise UsageError(
-            'cannot resume: the saved run differs in %s; use the saved values or a '
-            'new --result' % ', '.join(diffs)
-        )
-
-
 def check_format(path: str, model) -> None:
     """Refuses a checkpoint written before the BatchNorm layers kept the state of
     their zero-debiased moving averages, one per branch
@@ -166,9 +78,6 @@ def check_format(path: str, model) -> None:
             their state, or none of the proxy branch's that the model keeps.
         Exception: the checkpoint's index cannot be read (a damaged checkpoint).
     """
-    from compat import tf
-    from networks.layers import DEBIAS_STATE, PROXY_STATE, BatchNormalization, batchnorm_layers
-
     ours = [layer for layer in batchnorm_layers(model) if isinstance(layer, BatchNormalization)]
     names = [name for name, _ in tf.train.list_variables(path)]
     if ours and not any('/%s/' % DEBIAS_STATE in name for name in names):
@@ -203,8 +112,6 @@ class Checkpoints:
     def __init__(
         self, folder: str, model, keep: int, source: Optional[str] = None, temporary: bool = False
     ):
-        from compat import tf
-
         self.folder, self.source, self.temporary = folder, source or folder, temporary
         self.model = model
         self.step = 0
@@ -233,9 +140,6 @@ class Checkpoints:
 
     def save(self, step: int) -> str:
         """Writes checkpoint ``ckpt-<step>`` and makes it the newest."""
-        from compat import session_scope, tf
-        from distribute import collective_errors
-
         self.step = step
         try:
             with session_scope():
@@ -259,8 +163,6 @@ class Checkpoints:
         Raises:
             UsageError: the newest readable checkpoint has an earlier format (``check_format``).
         """
-        from compat import create_optimizer_slots, restore_checkpoint, tf
-
         create_optimizer_slots(self.model)
         manager = self.manager
         if self.source != self.folder:  # max_to_keep None: only reads the list
@@ -288,7 +190,7 @@ class Interrupt:
 
     def __init__(self):
         self.signal = None  # type: Optional[int]
-        self._previous = {}  # type: Dict[int, object]
+        self._previous: Dict[int, object] = {}
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,8 +1,7 @@
-"""Plumbing shared by the model-file tools (evaluate.py, predict.py, export.py).
-
-They follow the training entry's conventions: flags are parsed into a fresh
-FlagValues, bad input ends in one line on stderr with exit code 2, an I/O
-failure in one line with exit code 1, and nothing is written half-way.
+"""Command-line plumbing shared by the training entry and the model-file tools
+(evaluate.py, predict.py, export.py): flags are parsed into a fresh FlagValues,
+bad input ends in one line on stderr with exit code 2, an I/O failure in one
+line with exit code 1, and nothing is written half-way. Imports no TensorFlow.
 """
 
 import os
@@ -11,22 +10,22 @@ from typing import Callable, List, Optional, Tuple
 
 from absl import flags
 
-from utils import UsageError
+from sesemi_base.console import VERBOSE_ENV
+from sesemi_base.errors import UsageError
 
 HELP_ARGS = ('-h', '-help', '--help', '--helpfull', '-?')
-# Read by compat when it imports TensorFlow: set, TensorFlow's console output is left as is.
-VERBOSE_ENV = 'SESEMI_VERBOSE'
 
 
 def parse_flags(
-    define: Callable[[flags.FlagValues], None], argv: List[str]
+    define: Callable[[flags.FlagValues], None], argv: List[str], doc: Optional[str] = None
 ) -> Tuple[flags.FlagValues, List[str]]:
     """Defines flags with ``define`` on a fresh FlagValues and parses ``argv``.
 
     Every tool also gets ``--verbose``: when given, it sets ``SESEMI_VERBOSE=1`` so
     that TensorFlow, imported later through compat, prints its start-up lines and
-    warnings. With -h/--help/--helpfull anywhere, prints the calling tool's
-    docstring and its flags, and exits with code 0.
+    warnings. With -h/--help/--helpfull anywhere, prints ``doc`` (default: the
+    docstring of the module that defines ``define``) and the flags, and exits
+    with code 0.
 
     Returns:
         (the parsed FlagValues, the arguments that are not flags, argv[0] excluded).
@@ -46,7 +45,7 @@ def parse_flags(
     if any(arg in HELP_ARGS for arg in argv[1:]):
         print(
             '%s\n\nFlags:\n%s'
-            % ((sys.modules[define.__module__].__doc__ or '').strip(), fv.get_help())
+            % ((doc or sys.modules[define.__module__].__doc__ or '').strip(), fv.get_help())
         )
         raise SystemExit(0)
     try:

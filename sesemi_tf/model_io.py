@@ -29,7 +29,9 @@ import numpy as np
 import dataset
 from dataset import fashion_mnist
 from dataset.images import ALPHA_RULE, RESIZE_RULES
-from utils import ZCA, UsageError, global_contrast_normalize
+from sesemi_base.console import verbose
+from sesemi_base.errors import UsageError
+from utils import ZCA, global_contrast_normalize
 
 GROUP = 'sesemi'
 # Version 2 added 'resize' (absent means 'stretch'). Files of 'stretch' models are still
@@ -128,7 +130,7 @@ class Preprocessing:
         Same formulas: x ← s·(x − mean(x)) / ‖x − mean(x)‖₂ per image (norms below
         GCN_EPS count as 1), then (x − μ)·W with the stored ZCA constants.
         """
-        from compat import tf
+        from sesemi_base.compat import tf
 
         size = int(np.prod(self.input_shape))
         flat = tf.reshape(images, [-1, size])
@@ -242,12 +244,10 @@ def save_model(path: str, model, preprocessing: Preprocessing) -> None:
     """
     import h5py
 
-    from compat import VERBOSE
-
     tmp = '%s.tmp%d.h5' % (os.path.splitext(path)[0], os.getpid())
     try:
         with warnings.catch_warnings():
-            if not VERBOSE:  # HDF5 is the format stock Keras and Ascend's tools read
+            if not verbose():  # HDF5 is the format stock Keras and Ascend's tools read
                 warnings.filterwarnings(
                     'ignore', 'You are saving your model as an HDF5 file', UserWarning
                 )
@@ -362,7 +362,7 @@ def load_model(path: str, data: Optional[str] = None, input_shape: Optional[Sequ
             whose network does not match its preprocessing.
     """
     prep = read_preprocessing(path, data, input_shape)
-    from compat import keras
+    from sesemi_base.compat import keras
 
     try:
         model = keras.models.load_model(path, compile=False)

@@ -2,7 +2,7 @@
 
 Every other module imports TensorFlow and Keras from here::
 
-    from compat import tf, keras
+    from sesemi_base.compat import tf, keras
 
 On TF 2.x, Keras 3 is not ``tf.keras``-compatible with this code, so the legacy
 ``tf_keras`` package is selected through ``TF_USE_LEGACY_KERAS=1`` before
@@ -23,10 +23,8 @@ sets before TensorFlow loads) all of it is printed as TensorFlow prints it.
 import contextlib
 import ctypes
 import os
-import sys
-import tempfile
 
-from cli import VERBOSE_ENV
+from sesemi_base.console import stderr_set_aside, verbose
 
 
 def keep_freed_memory(pad_bytes: int = 64 << 20) -> bool:
@@ -46,37 +44,7 @@ def keep_freed_memory(pad_bytes: int = 64 << 20) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def stderr_set_aside(hide: bool = True):
-    """Sends everything written to file descriptor 2 (C++ and Python alike) to a
-    temporary file while the block runs; if the block raises, what was written is
-    printed to stderr before the exception goes on. A no-op when ``hide`` is False
-    or descriptor 2 cannot be duplicated."""
-    try:
-        saved = os.dup(2) if hide else None
-    except OSError:  # no stderr at all: nothing to hide
-        saved = None
-    if saved is None:
-        yield
-        return
-    with tempfile.TemporaryFile() as capture:
-        sys.stderr.flush()
-        os.dup2(capture.fileno(), 2)
-        failed = True
-        try:
-            yield
-            failed = False
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)  # restored before any error of the program itself is printed
-            os.close(saved)
-            if failed:
-                capture.seek(0)
-                sys.stderr.write(capture.read().decode('utf-8', 'replace'))
-                sys.stderr.flush()
-
-
-VERBOSE = os.environ.get(VERBOSE_ENV, '') not in ('', '0')
+VERBOSE = verbose()
 
 keep_freed_memory()
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
@@ -159,8 +127,6 @@ def to_float(value) -> float:
 
 def session_scope():
     """Context in which TF 1.15 graph-mode calls find Keras' session (no-op on TF 2)."""
-    import contextlib
-
     return K.get_session().as_default() if TF1 else contextlib.nullcontext()
 
 

@@ -14,6 +14,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from networks.layers import fed_variance
+from sesemi_base.compat import K, keras, map_batches, tf
+from sesemi_tf.pipeline import BatchSampler, make_dataset
+
 SEED_OFFSET = 1000  # the batches' sampler and augmentation use the run's seed + this
 
 
@@ -39,12 +43,10 @@ def labeled_batches(
         An endless tf.data stream of (inputs, targets) as the training pipeline's:
         the images are ``inputs['super_data']``.
     """
-    import utils
-
     key = seed + SEED_OFFSET
-    sampler = utils.BatchSampler(np.arange(len(images)), [], batch_images, 0, key)
+    sampler = BatchSampler(np.arange(len(images)), [], batch_images, 0, key)
     no_labels = np.zeros((len(images), 1), np.float32)
-    return utils.make_dataset(images, no_labels, sampler, key, hflip, 0, convert)
+    return make_dataset(images, no_labels, sampler, key, hflip, 0, convert)
 
 
 def recompute(model, batches, count: int) -> None:
@@ -63,9 +65,6 @@ def recompute(model, batches, count: int) -> None:
     Raises:
         ValueError: ``count`` < 1, or no such functional model.
     """
-    from compat import K, keras, map_batches, tf
-    from networks.layers import fed_variance
-
     if count < 1:
         raise ValueError('precise BatchNorm needs at least one batch, not %d' % count)
     owner = _batchnorm_owner(model)
@@ -77,16 +76,16 @@ def recompute(model, batches, count: int) -> None:
         if not isinstance(features, (list, tuple)):
             features = [features]
         out = []
-        for layer, f in zip(layers, features):
-            f = tf.cast(f, tf.float32)
+        for layer, feature in zip(layers, features):
+            f = tf.cast(feature, tf.float32)
             n = tf.cast(tf.size(f) // tf.shape(f)[-1], tf.float32)
             mean, variance = tf.nn.moments(f, axes=[0, 1, 2])
             out.append((mean, fed_variance(variance * n / (n - 1.0), n, layer.epsilon)))
         return out
 
     totals = None
-    for values in map_batches(batches, statistics, count):
-        values = [(np.float64(m), np.float64(v)) for m, v in values]
+    for batch in map_batches(batches, statistics, count):
+        values = [(np.float64(m), np.float64(v)) for m, v in batch]
         totals = (
             values if totals is None else [(a + m, b + v) for (a, b), (m, v) in zip(totals, values)]
         )
@@ -102,8 +101,6 @@ def recompute(model, batches, count: int) -> None:
 def _batchnorm_owner(model):
     """The functional model among ``model`` and its nested models that holds the
     BatchNorm layers."""
-    from compat import keras
-
     candidates = [model] + [layer for layer in model.layers if isinstance(layer, keras.Model)]
     owners = [
         m
