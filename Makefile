@@ -11,7 +11,7 @@ PYENV_ROOT ?= $(shell pyenv root 2>/dev/null)
 PYTHON37 ?= $(firstword $(wildcard $(PYENV_ROOT)/versions/3.7*/bin/python3.7) $(shell command -v python3.7 2>/dev/null))
 PYTEST_ARGS ?= -q
 
-.PHONY: setup setup-gpu test lint test-tf2 test-tf1 demo fashion-mnist tcmalloc clean
+.PHONY: setup setup-gpu test lint test-tf2 test-tf1 test-tf1-run coverage demo fashion-mnist tcmalloc clean
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 # Recipes that start TensorFlow run it with tcmalloc preloaded when it is installed.
@@ -27,10 +27,14 @@ setup-gpu: .venv-gpu/.done tcmalloc
 # installs the requirement files the target depends on into it, constrained by
 # requirements-lock.txt when it is one of them.
 LOCK := requirements-lock.txt
+# The coverage hook: a .pth file that makes every Python process of the venv start
+# coverage when COVERAGE_PROCESS_START names a config (and does nothing otherwise).
+export COVERAGE_HOOK := import os, site; open(os.path.join(site.getsitepackages()[0], 'sesemi_coverage.pth'), 'w').write('import coverage; coverage.process_startup()\n')
 define make_venv
 	rm -rf $(@D)
 	$(1) -m venv $(@D)
 	$(@D)/bin/pip install -q $(addprefix -r ,$(filter-out $(LOCK),$^))$(if $(filter $(LOCK),$^), -c $(LOCK))
+	$(@D)/bin/python -c "$$COVERAGE_HOOK"
 	touch $@
 endef
 
@@ -45,9 +49,12 @@ endef
 	$(call make_venv,$(PYTHON37))
 
 # The two suites run side by side (each prints when it is done): most of their time is
-# single-threaded start-up of the many short training runs they make.
+# single-threaded start-up of the many short training runs they make. Both run under
+# coverage, subprocesses included; the combined report comes last.
 test: tcmalloc lint
+	rm -rf $(COVERAGE_DIR)
 	$(MAKE) -j2 --output-sync=target test-tf2 test-tf1
+	$(MAKE) coverage
 
 # Format, lint and the import contracts (ruff and import-linter; settings in pyproject.toml).
 lint: $(VENV)/.done
@@ -55,15 +62,42 @@ lint: $(VENV)/.done
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
+# $(call under_coverage,VENV,SUITE): runs pytest in VENV with coverage of its process and
+# of every Python process it starts (COVERAGE_PROCESS_START, read by the venv's coverage
+# hook), into $(COVERAGE_DIR)/SUITE.
+COVERAGE_DIR := $(CURDIR)/.coverage-data
+define under_coverage
+	mkdir -p $(COVERAGE_DIR)/$(2)
+	$(WITH_MALLOC) COVERAGE_PROCESS_START=$(CURDIR)/.coveragerc COVERAGE_FILE=$(COVERAGE_DIR)/$(2)/cov \
+		$(1)/bin/python -m pytest $(PYTEST_ARGS) tests
+endef
+
 test-tf2: $(VENV)/.done tcmalloc
-	$(WITH_MALLOC) $(VENV)/bin/python -m pytest $(PYTEST_ARGS) tests
+	$(call under_coverage,$(VENV),tf2)
 
 test-tf1:
 	@if [ -z "$(PYTHON37)" ] && [ "$$CI" != "true" ]; then \
 		echo "SKIPPED: TF 1.15 suite needs Python 3.7 (pyenv install 3.7.16); CI requires it."; \
 	else \
-		$(MAKE) .venv-tf1/.done tcmalloc && $(WITH_MALLOC) .venv-tf1/bin/python -m pytest $(PYTEST_ARGS) tests; \
+		$(MAKE) .venv-tf1/.done tcmalloc && $(MAKE) test-tf1-run; \
 	fi
+
+test-tf1-run:
+	$(call under_coverage,.venv-tf1,tf1)
+
+# Product-line coverage of each suite and of both together (the processes' data are kept).
+coverage: $(VENV)/.done
+	@for suite in tf2 tf1; do \
+		if ls $(COVERAGE_DIR)/$$suite/cov.* >/dev/null 2>&1; then \
+			COVERAGE_FILE=$(COVERAGE_DIR)/$$suite/cov $(VENV)/bin/coverage combine -q --keep; \
+			echo "Coverage, $$suite suite:"; \
+			$(VENV)/bin/coverage report --data-file=$(COVERAGE_DIR)/$$suite/cov --format=total; \
+		fi; \
+	done
+	$(VENV)/bin/coverage combine -q --keep --data-file=$(COVERAGE_DIR)/both \
+		$$(ls $(COVERAGE_DIR)/tf2/cov $(COVERAGE_DIR)/tf1/cov 2>/dev/null)
+	@echo "Coverage, both suites:"
+	$(VENV)/bin/coverage report --data-file=$(COVERAGE_DIR)/both
 
 demo: $(VENV)/.done fashion-mnist tcmalloc
 	$(WITH_MALLOC) $(VENV)/bin/python demo.py $(DEMO_ARGS)
@@ -93,4 +127,4 @@ tcmalloc:
 	fi
 
 clean:
-	rm -rf .venv .venv-tf1 .venv-gpu .pytest_cache
+	rm -rf .venv .venv-tf1 .venv-gpu .pytest_cache .coverage-data
