@@ -71,7 +71,9 @@ def write(
     return np.asarray(chosen, np.int64)
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The script's flags, built apart from main() so that tests/test_docs.py can check
+    the command lines the documentation quotes against them."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--output', required=True, help='folder to create')
     parser.add_argument(
@@ -84,7 +86,11 @@ def main(argv=None) -> int:
     parser.add_argument('--unlabeled', type=int, default=10000)
     parser.add_argument('--colour', action='store_true', help='32x32 RGB, tinted and shifted')
     parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
     if os.path.exists(args.output):
         print('error: --output %s exists; pass a new folder' % args.output, file=sys.stderr)
         return 2
