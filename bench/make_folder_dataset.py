@@ -12,8 +12,8 @@ images not among the labeled ones, reused cyclically when more are asked for tha
 remain). The class folders carry the label as a prefix so that their sorted order
 is Fashion-MNIST's. Images are written as 28×28 gray PNGs, or with --colour as
 32×32 RGB PNGs: tinted with a random colour and shifted by up to 2 pixels, so that
-repeated source images still differ (the large-pool check of README.md uses
---colour --unlabeled=200000). The output folder must not exist yet.
+repeated source images still differ (the large-pool check of docs/own-images.md
+uses --colour --unlabeled=200000). The output folder must not exist yet.
 """
 
 import argparse
