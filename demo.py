@@ -5,8 +5,8 @@ and step budget, then prints a table and draws their learning curves.
     .venv/bin/python demo.py            # or: make demo
 
 The default setting was chosen from the measured table in docs/fashion_table.md
-by a rule fixed before the table was run (README.md, "SESEMI's gain on
-Fashion-MNIST"); the demo prints that table's numbers for the setting it ran.
+by a rule fixed before the table was run (docs/fashion-table.md, "The demo's
+setting"); the demo prints that table's numbers for the setting it ran.
 """
 
 import argparse

@@ -409,7 +409,9 @@ def write_report(args) -> str:
     return text
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The script's flags, built apart from main() so that tests/test_docs.py can check
+    the command lines the documentation quotes against them."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument(
         '--cells',
@@ -430,6 +432,11 @@ def main(argv=None) -> int:
     parser.add_argument('--child', help=argparse.SUPPRESS)
     parser.add_argument('--eval_steps', help=argparse.SUPPRESS)
     parser.add_argument('train_flags', nargs='*', help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.child:
         return child(args.child, [int(s) for s in args.eval_steps.split(',')], args.train_flags)

@@ -585,7 +585,9 @@ def report() -> str:
         return text
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The script's flags, built apart from main() so that tests/test_docs.py can check
+    the command lines the documentation quotes against them."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--workers', type=int, default=2, help='runs at a time (default 2)')
     parser.add_argument('--threads', type=int, default=1, help='cores of each run (default 1)')
@@ -602,7 +604,11 @@ def main(argv=None) -> int:
         help="commit each finished run's record",
     )
     parser.add_argument('--report', action='store_true', help='only rewrite the report')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
     args.commit, args.cpu = code_commit(), host_cpu()
     if not args.report:
         # Cells are taken in order; each time one finishes, the rules decide the next.

@@ -12,8 +12,8 @@ images not among the labeled ones, reused cyclically when more are asked for tha
 remain). The class folders carry the label as a prefix so that their sorted order
 is Fashion-MNIST's. Images are written as 28×28 gray PNGs, or with --colour as
 32×32 RGB PNGs: tinted with a random colour and shifted by up to 2 pixels, so that
-repeated source images still differ (the large-pool check of README.md uses
---colour --unlabeled=200000). The output folder must not exist yet.
+repeated source images still differ (the large-pool check of docs/own-images.md
+uses --colour --unlabeled=200000). The output folder must not exist yet.
 """
 
 import argparse
@@ -71,7 +71,9 @@ def write(
     return np.asarray(chosen, np.int64)
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The script's flags, built apart from main() so that tests/test_docs.py can check
+    the command lines the documentation quotes against them."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--output', required=True, help='folder to create')
     parser.add_argument(
@@ -84,7 +86,11 @@ def main(argv=None) -> int:
     parser.add_argument('--unlabeled', type=int, default=10000)
     parser.add_argument('--colour', action='store_true', help='32x32 RGB, tinted and shifted')
     parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
     if os.path.exists(args.output):
         print('error: --output %s exists; pass a new folder' % args.output, file=sys.stderr)
         return 2

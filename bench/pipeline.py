@@ -19,12 +19,15 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import utils  # noqa: E402
-from sesemi_base.compat import TF1, keras, tf  # noqa: E402
-from sesemi_tf.pipeline import BatchSampler, make_dataset  # noqa: E402
+
+# TensorFlow is imported by the functions that use it, so that importing this script for its
+# flags (make_parser, read by tests/test_docs.py) does not load it.
 
 
 def reference_steps(x, y, batch_size):
     """The reference's loader: shuffled batch-size-1 flows, one Python call per image."""
+    from sesemi_base.compat import keras
+
     shifts = [-2, -1, 0, 1, 2]
     common = {
         'width_shift_range': shifts,
@@ -45,6 +48,9 @@ def reference_steps(x, y, batch_size):
 
 
 def ours(x, y, batch_size, seed=0):
+    from sesemi_base.compat import TF1, tf
+    from sesemi_tf.pipeline import BatchSampler, make_dataset
+
     sampler = BatchSampler(np.arange(len(x)), np.arange(len(x)), batch_size * 6, batch_size, seed)
     dataset = make_dataset(x, y, sampler, seed, hflip=True)
     if TF1:
@@ -64,7 +70,9 @@ def images_per_second(steps_iter, steps, images_per_step, warmup=20):
     return steps * images_per_step / (time.perf_counter() - start)
 
 
-def main():
+def make_parser() -> argparse.ArgumentParser:
+    """The script's flags, built apart from main() so that tests/test_docs.py can check
+    the command lines the documentation quotes against them."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--steps', type=int, default=300, help='timed steps of our pipeline')
     parser.add_argument(
@@ -72,7 +80,12 @@ def main():
     )
     parser.add_argument('--batch_size', type=int, default=16, help='pool images per step')
     parser.add_argument('--images', type=int, default=5000, help='size of the synthetic image set')
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = make_parser().parse_args()
+    from sesemi_base.compat import tf
 
     rng = np.random.RandomState(0)
     x = rng.rand(args.images, 32, 32, 3).astype(np.float32)

@@ -53,7 +53,9 @@ def train(args, seed: int, name: str, mode: str) -> dict:
     return final
 
 
-def main():
+def make_parser() -> argparse.ArgumentParser:
+    """The script's flags, built apart from main() so that tests/test_docs.py can check
+    the command lines the documentation quotes against them."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--seeds', default='0,1,2')
     parser.add_argument('--steps', type=int, default=480)
@@ -61,7 +63,11 @@ def main():
     parser.add_argument('--width', type=float, default=0.125)
     parser.add_argument('--dataset', default='/usr/share/datasets/fashion-mnist')
     parser.add_argument('--result', default=os.path.join('results', 'precision_accuracy'))
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = make_parser().parse_args()
     seeds = [int(s) for s in args.seeds.split(',')]
     print(
         'Fashion-MNIST, ConvNet width %g, %d labels, asl, %d steps; dense test error %%'

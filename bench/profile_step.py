@@ -25,11 +25,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import networks  # noqa: E402
-from sesemi_base.compat import TF1, keras, tf  # noqa: E402
-from sesemi_tf import device  # noqa: E402
-from sesemi_tf.config import RunConfig  # noqa: E402
-from sesemi_tf.model import build_models, compile_model, lr_schedule  # noqa: E402
+# TensorFlow and the model code are imported by the functions that use them, so that importing
+# this script for its flags (make_parser, read by tests/test_docs.py) does not load TensorFlow.
 
 SHAPE, CLASSES, BATCH = (32, 32, 3), 10, 16
 
@@ -38,6 +35,8 @@ def conv_flops(model, images_per_branch: int) -> float:
     """Multiply-adds ×2 of every Conv2D/Dense in one training step: forward once per
     branch, backward twice (input and weight gradients; the first layer's input
     gradient is not needed but counted, as profilers do)."""
+    from sesemi_base.compat import TF1, keras
+
     total = 0.0
     for layer in _all_layers(model):
         if isinstance(layer, keras.layers.Conv2D):
@@ -52,6 +51,8 @@ def conv_flops(model, images_per_branch: int) -> float:
 
 
 def _all_layers(model):
+    from sesemi_base.compat import keras
+
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             yield from _all_layers(layer)
@@ -62,6 +63,8 @@ def _all_layers(model):
 def peak_conv_gflops(dtype, repeats: int = 5) -> float:
     """GFLOP/s of a 3×3, 128→128-channel convolution on 96 32×32 images (the
     shape of ConvNet-13's first block), the best of ``repeats``."""
+    from sesemi_base.compat import TF1, tf
+
     x = tf.random.normal([96, 32, 32, 128], dtype=tf.float32)
     w = tf.random.normal([3, 3, 128, 128], dtype=tf.float32)
     x, w = tf.cast(x, dtype), tf.cast(w, dtype)
@@ -87,6 +90,12 @@ def peak_conv_gflops(dtype, repeats: int = 5) -> float:
 
 
 def build(args):
+    import networks
+    from sesemi_base.compat import TF1
+    from sesemi_tf import device
+    from sesemi_tf.config import RunConfig
+    from sesemi_tf.model import build_models, compile_model, lr_schedule
+
     mode = 'allow_mix_precision' if args.precision == 'mixed' else ''
     precision = device.configure(RunConfig(device='cpu', precision_mode=mode)).precision
     trunk = networks.get(args.network)(SHAPE, 0.0, args.width)
@@ -130,6 +139,8 @@ def op_times(model, folder: str):
     TF 2: the profiler's trace (XSpace), whose op events are named
     ``node name:op type``. TF 1.15: the session's full-trace step statistics.
     """
+    from sesemi_base.compat import TF1, tf
+
     inputs, targets = batch()
     times = collections.Counter()
     if TF1:
@@ -166,7 +177,9 @@ def op_times(model, folder: str):
     return times
 
 
-def main():
+def make_parser() -> argparse.ArgumentParser:
+    """The script's flags, built apart from main() so that tests/test_docs.py can check
+    the command lines the documentation quotes against them."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--network', default='convnet')
     parser.add_argument('--width', type=float, default=1.0)
@@ -174,7 +187,12 @@ def main():
     parser.add_argument('--xla', default='off', choices=('on', 'off'))
     parser.add_argument('--steps', type=int, default=3)
     parser.add_argument('--top', type=int, default=15)
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = make_parser().parse_args()
+    from sesemi_base.compat import TF1, tf
 
     model, precision = build(args)
     step = time_steps(model, args.steps)

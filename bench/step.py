@@ -219,7 +219,9 @@ def parse_models(text: str):
     return models
 
 
-def main():
+def make_parser() -> argparse.ArgumentParser:
+    """The script's flags, built apart from main() so that tests/test_docs.py can check
+    the command lines the documentation quotes against them."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--old', default=BEFORE_SPEED_WORK, help='commit to compare with')
     parser.add_argument(
@@ -261,7 +263,11 @@ def main():
     parser.add_argument('--feed', help=argparse.SUPPRESS)
     parser.add_argument('--precision_mode', default='', help=argparse.SUPPRESS)
     parser.add_argument('--extra', action='append', default=[], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    args = make_parser().parse_args()
     if args.child:
         child(args)
         return

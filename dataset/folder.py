@@ -32,7 +32,7 @@ MIN_IMAGE_SIZE = 8
 # pool (the benchmark datasets' setting), at most 30 epochs, at least 1.
 SESEMI_POOL_IMAGES = 30 * 50000
 MAX_SESEMI_EPOCHS = 30
-HELP = 'see "Training on your own images" in README.md'
+HELP = 'see docs/own-images.md'
 
 Labeled = List[Tuple[str, int]]  # (path relative to ROOT, class index)
 

@@ -41,7 +41,7 @@ parameter explain:
     --profiling              if or not profiling for performance debug, default is False
                              (profiles go to test/output/\$ASCEND_DEVICE_ID/profiling)
     --<flag>=<value>         any other flag of train_evaluate_asl2.py, passed on unchanged
-                             (e.g. --epochs=1 --max_steps=20); listed in README.md
+                             (e.g. --epochs=1 --max_steps=20); listed in docs/training.md
     -h/--help                show help message
 EOF
     if [ "$RANK_SIZE" -eq 1 ]; then
