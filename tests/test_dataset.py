@@ -587,6 +587,44 @@ def test_fashion_bad_idx(tmp_path, file_name, raw, reason):
     usage_error(lambda: fashion_mnist.load_data(str(tmp_path)), file_name, reason)
 
 
+def test_fashion_gzip_inflating_past_its_header_is_refused_without_holding_it(tmp_path):
+    # The reader decompressed the whole file before comparing it with its header, so a
+    # small gzip file (here 100 MB of zeros in 100 kB) was held in memory whole.
+    import gzip
+    import tracemalloc
+
+    write_fashion(tmp_path)
+    header = struct.pack('>II', 0x801, 4)
+    with gzip.open(str(tmp_path / 't10k-labels-idx1-ubyte.gz'), 'wb') as f:
+        f.write(header + bytes(4))
+        for _ in range(100):
+            f.write(bytes(2**20))
+    tracemalloc.start()
+    try:
+        usage_error(
+            lambda: fashion_mnist.load_data(str(tmp_path)),
+            't10k-labels-idx1-ubyte.gz',
+            '%d bytes of data, the header (4) says 4' % (4 + 100 * 2**20),
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, peak
+
+
+def test_fashion_header_declaring_more_than_the_file_can_hold_is_refused_before_reading(
+    tmp_path,
+):
+    write_fashion(tmp_path, gz=False)
+    raw = struct.pack('>IIII', 0x803, 2**32 - 1, 28, 28) + bytes(784)
+    write_bytes(tmp_path / 'train-images-idx3-ubyte', raw)
+    usage_error(
+        lambda: fashion_mnist.load_data(str(tmp_path)),
+        'train-images-idx3-ubyte',
+        'more than the file can hold',
+    )
+
+
 def test_fashion_count_mismatch_names_both_files(tmp_path):
     write_fashion(tmp_path)
     write_bytes(tmp_path / 't10k-labels-idx1-ubyte.gz', idx_bytes(np.zeros(3, np.uint8)))
