@@ -14,6 +14,7 @@ animated GIF the first frame is read.
 """
 
 import struct
+import warnings
 from typing import Tuple
 
 import numpy as np
@@ -33,6 +34,7 @@ DECODE_ERRORS = (
     IndexError,
     struct.error,
     Image.DecompressionBombError,
+    Image.DecompressionBombWarning,  # raised as an error by ``open_image``
 )
 
 
@@ -44,9 +46,18 @@ def is_image_file(name: str) -> bool:
 def open_image(path: str) -> Image.Image:
     """Decodes a file into a gray ('L') or colour ('RGB') Pillow image, alpha on black.
 
+    An image of more than ``Image.MAX_IMAGE_PIXELS`` pixels is a bad file: Pillow only
+    warns below twice that limit, and would decode it.
+
     Raises:
         One of DECODE_ERRORS: the file is not a readable image.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', Image.DecompressionBombWarning)
+        return _open_image(path)
+
+
+def _open_image(path: str) -> Image.Image:
     with Image.open(path) as img:
         img.seek(0)  # first frame of an animation
         img.load()  # decode now: a truncated file fails here, not later

@@ -209,6 +209,35 @@ def test_cache_with_a_row_outside_its_pixel_file_decodes_afresh(tmp_path):
     assert decoded.decoded == 3 and [p[0, 0, 0] for p in decoded.pixels] == [50, 51, 52]
 
 
+def test_image_above_the_pixel_limit_is_a_bad_file_and_not_decoded(tmp_path):
+    # Found by fuzzing: Pillow only warns for 1 to 2 times Image.MAX_IMAGE_PIXELS and
+    # decoded such a bomb (here 89.5 million pixels from a file of 100 bytes).
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (
+            struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+        )
+
+    width, height = 4474, 20000
+    assert width * height > Image.MAX_IMAGE_PIXELS
+    raw = (
+        b'\x89PNG\r\n\x1a\n'
+        + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 1, 0, 0, 0, 0))
+        + chunk(b'IDAT', zlib.compress(b'\0' * (1 + width // 8)))
+        + chunk(b'IEND', b'')
+    )
+    path = str(tmp_path / 'bomb.png')
+    with open(path, 'wb') as f:
+        f.write(raw)
+    limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(images.DECODE_ERRORS) as info:
+        images.decode_square(path, 8)
+    assert 'decompression bomb' in images.reason(info.value)
+    assert limit == Image.MAX_IMAGE_PIXELS  # Pillow's limit is kept
+
+
 # ------------------------------------------------------------ input pipeline
 
 
