@@ -1,0 +1,106 @@
+"""Regression tests of the run files' readers, one per failure the fuzz tests found (or
+review of them): the minimal damaged file, and the one-line error it must give."""
+
+import json
+import os
+
+import pytest
+
+from sesemi_base.errors import UsageError
+from sesemi_base.files import read_metrics
+from sesemi_tf import config, results
+
+
+def one_line(call, *words):
+    with pytest.raises(UsageError) as info:
+        call()
+    message = str(info.value)
+    assert '\n' not in message, message
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def run_folder(tmp_path, **files):
+    result = tmp_path / 'result'
+    (result / 'checkpoints').mkdir(parents=True)
+    for name, text in files.items():
+        (result / name.replace('__', '/')).write_text(text)
+    return config.RunConfig(result=str(result), ckpt_path=str(result / 'checkpoints'), resume=True)
+
+
+# ----------------------------------------------------------------- metrics.jsonl
+
+
+@pytest.mark.parametrize(
+    'text, words',
+    [
+        ('[' * 100000 + '\n', ['line 1', 'recursion']),  # RecursionError
+        ('{"epoch": 1}\n', ['line 1', 'integer step']),  # KeyError: 'step'
+        ('[5]\n', ['line 1']),  # TypeError
+        ('{"step": "5"}\n', ['line 1']),  # TypeError on resume: '<=' of str and int
+        ('{"step": 5}\n\xff\n{"step": 6}\n', ['line 2']),  # UnicodeDecodeError
+    ],
+)
+def test_metrics_line_that_is_not_a_row_is_one_line_naming_the_file(tmp_path, text, words):
+    path = tmp_path / 'metrics.jsonl'
+    path.write_bytes(text.encode('utf-8', 'surrogateescape').replace(b'\xc3\xbf', b'\xff'))
+    one_line(lambda: read_metrics(str(path)), str(path), *words)
+
+
+def test_metrics_cut_last_line_is_dropped_but_still_an_earlier_run(tmp_path):
+    cfg = run_folder(tmp_path, **{'metrics.jsonl': '{"step": 5}\n{"st'})
+    assert read_metrics(os.path.join(cfg.result, 'metrics.jsonl')) == [{'step': 5}]
+    cfg = run_folder(tmp_path / 'cut', **{'metrics.jsonl': '{"st'})
+    fresh = config.RunConfig(result=cfg.result, ckpt_path=cfg.ckpt_path, resume=False)
+    # Found by fuzzing: a file of one cut line read as no run, and a fresh start replaced it.
+    one_line(lambda: results.check_folder(fresh), 'earlier run', 'metrics.jsonl')
+
+
+# --------------------------------------------------------------------- args.json
+
+
+def test_args_json_value_with_a_line_break_gives_one_line_naming_the_file(tmp_path):
+    # Found by fuzzing: the saved value was printed as it was (two lines), and the
+    # message did not name args.json.
+    saved = dict(config.to_json(config.RunConfig()), mode='asl\nsesemi')
+    cfg = run_folder(tmp_path, **{'args.json': json.dumps(saved)})
+    one_line(lambda: results.check_folder(cfg), 'args.json', '(saved: asl sesemi)')
+
+
+def test_args_json_nested_too_deeply_is_one_line(tmp_path):
+    cfg = run_folder(tmp_path, **{'args.json': '[' * 100000})
+    one_line(lambda: results.check_folder(cfg), 'args.json', 'nested too deeply')
+
+
+# -------------------------------------------------------- checkpoint state file
+
+
+@pytest.mark.parametrize(
+    'text, why',
+    [
+        ('model_checkpoint_path: "ckpt-10', 'line 1'),  # read by TensorFlow as no checkpoint
+        ('', 'names no newest checkpoint'),  # TensorFlow: ValueError
+        ('model_checkpoint_path: "ckpt-1\xff"\n', 'utf-8'),  # TensorFlow: UnicodeDecodeError
+    ],
+)
+def test_damaged_checkpoint_state_file_is_refused_before_tensorflow(tmp_path, text, why):
+    # Found by fuzzing: TensorFlow raised inside CheckpointManager, or read the file as no
+    # checkpoint, and the resumed run started afresh over the earlier one.
+    cfg = run_folder(tmp_path)
+    path = os.path.join(cfg.ckpt_path, 'checkpoint')
+    with open(path, 'wb') as f:
+        f.write(text.encode('utf-8').replace(b'\xc3\xbf', b'\xff'))
+    one_line(lambda: results.check_folder(cfg), path, why)
+
+
+def test_checkpoint_state_as_tensorflow_writes_it_is_accepted(tmp_path):
+    cfg = run_folder(tmp_path)
+    with open(os.path.join(cfg.ckpt_path, 'checkpoint'), 'w') as f:
+        f.write(
+            'model_checkpoint_path: "/a/b \\303\\251/ckpt-10"\n'
+            'all_model_checkpoint_paths: "/a/b \\303\\251/ckpt-10"\n'
+            'all_model_checkpoint_timestamps: 1.7e+09\n'
+            'last_preserved_timestamp: 1699999999.25\n'
+        )
+    results.check_folder(cfg)
