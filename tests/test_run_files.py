@@ -6,9 +6,10 @@ import os
 
 import pytest
 
+import evaluate
 from sesemi_base.errors import UsageError
 from sesemi_base.files import read_metrics
-from sesemi_tf import config, results
+from sesemi_tf import config, model_io, results
 
 
 def one_line(call, *words):
@@ -104,3 +105,45 @@ def test_checkpoint_state_as_tensorflow_writes_it_is_accepted(tmp_path):
             'last_preserved_timestamp: 1699999999.25\n'
         )
     results.check_folder(cfg)
+
+
+# -------------------------------------------------------------------- split.json
+
+
+@pytest.mark.parametrize(
+    'split',
+    [
+        {'root': 1, 'test_source': 'held_out'},  # os.path.isdir(1) checks file descriptor 1
+        {'test_source': 'held_out', 'test_files': [1]},  # TypeError when unpacked
+        {'test_source': 'held_out', 'test_files': [['a.png', 'x']]},  # ValueError of int()
+        {'test_source': 'held_out', 'test_files': {'a.png': 0}},
+        '[' * 100000,  # RecursionError
+    ],
+)
+def test_split_json_that_is_not_a_split_is_one_line(tmp_path, split):
+    # Found by fuzzing split.json.
+    path = tmp_path / 'split.json'
+    path.write_text(split if isinstance(split, str) else json.dumps(split))
+    one_line(lambda: evaluate.read_split(str(tmp_path / 'model.h5')), str(path))
+
+
+def test_split_json_test_file_of_a_class_the_model_lacks_is_refused(tmp_path):
+    # Found by fuzzing: the label was used as it was, so errors were counted against a
+    # class the model does not have.
+    from dataset import folder_images
+
+    (tmp_path / 'root').mkdir()
+    split = {'test_source': 'held_out', 'test_files': [['labeled/a/1.png', 5]]}
+    one_line(
+        lambda: folder_images.load_test(str(tmp_path / 'root'), split, (8, 8, 3), ('a', 'b')),
+        'split.json',
+        'class 5',
+    )
+
+
+def test_args_json_batch_size_infinite_or_zero_is_one_line_for_precise_bn(tmp_path):
+    # Review of the fuzzed args.json: int(1e400) raised OverflowError in read_run.
+    prep = model_io.Preprocessing('folder', 2, (8, 8, 3), ('a', 'b'), False, 0, resize='crop')
+    for text in ('{"batch_size": 1e400, "seed": 1}', '{"batch_size": 0, "seed": 1}'):
+        (tmp_path / 'args.json').write_text(text)
+        one_line(lambda: evaluate.read_run(str(tmp_path / 'model.h5'), None, prep), 'args.json')
