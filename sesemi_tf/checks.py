@@ -221,10 +221,11 @@ def cluster_task() -> Tuple[int, int]:
             and workers
             and task.get('type') == 'worker'
             and isinstance(index, int)
+            and not isinstance(index, bool)
             and 0 <= index < len(workers)
             and set(config['cluster']) == {'worker'}
         )
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         ok = False
     if not ok:
         raise UsageError(

@@ -3,13 +3,17 @@ review of them): the minimal damaged file, and the one-line error it must give."
 
 import json
 import os
+import subprocess
+import sys
+from unittest import mock
 
 import pytest
+from conftest import ROOT
 
 import evaluate
 from sesemi_base.errors import UsageError
 from sesemi_base.files import read_metrics
-from sesemi_tf import config, model_io, results
+from sesemi_tf import checks, config, model_io, results
 
 
 def one_line(call, *words):
@@ -147,3 +151,46 @@ def test_args_json_batch_size_infinite_or_zero_is_one_line_for_precise_bn(tmp_pa
     for text in ('{"batch_size": 1e400, "seed": 1}', '{"batch_size": 0, "seed": 1}'):
         (tmp_path / 'args.json').write_text(text)
         one_line(lambda: evaluate.read_run(str(tmp_path / 'model.h5'), None, prep), 'args.json')
+
+
+# --------------------------------------------------------------------- TF_CONFIG
+
+
+@pytest.mark.parametrize(
+    'text',
+    [
+        '[' * 100000,  # RecursionError
+        '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": true}}',
+    ],
+)
+def test_tf_config_nested_too_deeply_or_a_boolean_index_is_one_line(text):
+    # Found by fuzzing TF_CONFIG (the deep nesting); a boolean index passed as worker 1.
+    with mock.patch.dict(os.environ, {'TF_CONFIG': text}):
+        one_line(checks.cluster_task, 'TF_CONFIG')
+
+
+# -------------------------------------------------------------------- rank table
+
+
+@pytest.mark.parametrize(
+    'table',
+    [
+        '[' * 100000,  # RecursionError
+        json.dumps(
+            {'server_list': [{'device': [{'rank_id': '\u00b2', 'device_id': '0'}]}]}
+        ),  # '²'.isdigit() but int('²') raises ValueError
+    ],
+)
+def test_rank_table_nested_too_deeply_or_with_a_superscript_digit_is_one_line(tmp_path, table):
+    path = tmp_path / 'rank_table_1p.json'
+    path.write_text(table)
+    proc = subprocess.run(
+        ['bash', '-c', 'source test/common.sh && sesemi_read_rank_table "$0" 1', str(path)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHON=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
+    assert proc.stderr.count('\n') == 1 and str(path) in proc.stderr, proc.stderr
