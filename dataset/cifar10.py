@@ -102,7 +102,11 @@ def _from_bytes(kind):
 def _latin1(text, encoding='utf-8', errors='strict'):
     """``_codecs.encode`` as Python 2 strings are pickled: latin-1 only (other codecs
     can be slow or large)."""
-    if not isinstance(text, str) or codecs.lookup(encoding).name != 'iso8859-1':
+    try:
+        known = codecs.lookup(encoding).name
+    except (LookupError, TypeError):  # no such codec (a damaged name), or not a string
+        known = None
+    if not isinstance(text, str) or known != 'iso8859-1':
         _refuse('encodes with %r' % (encoding,))
     return codecs.encode(text, encoding, errors)
 

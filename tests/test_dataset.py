@@ -481,6 +481,8 @@ def reduce_pickle(module, name, args):
         (b'builtins', b'bytes', (2**40,), 'builds bytes of a int'),
         (b'__builtin__', b'bytearray', (2**40,), 'builds bytearray of a int'),
         (b'_codecs', b'encode', ('x' * 100, 'punycode'), "encodes with 'punycode'"),
+        # Found by the long fuzz run: a flipped byte of 'latin1' raised LookupError.
+        (b'_codecs', b'encode', ('x', 'matin1'), "encodes with 'matin1'"),
     ],
 )
 def test_cifar_pickle_calling_an_allowed_global_to_allocate_is_refused(
