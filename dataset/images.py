@@ -96,6 +96,10 @@ def fit(img: Image.Image, size: Tuple[int, int], rule: str) -> Image.Image:
     width, height = img.size
     scale = max(size[0] / width, size[1] / height)  # the shorter side meets the target
     scaled = (max(size[0], round(width * scale)), max(size[1], round(height * scale)))
+    if scaled[0] * scaled[1] > (Image.MAX_IMAGE_PIXELS or float('inf')):
+        # An extreme aspect ratio (a few bytes of PNG, 10^8 x 1) would be scaled up
+        # to gigabytes before the crop.
+        raise ValueError('a %dx%d image is too elongated to crop to a square' % (width, height))
     left, top = (scaled[0] - size[0]) // 2, (scaled[1] - size[1]) // 2
     return img.resize(scaled, Image.BILINEAR).crop((left, top, left + size[0], top + size[1]))
 

@@ -197,7 +197,7 @@ def npu_rank() -> Tuple[int, int]:
     if size < 1 or not 0 <= rank < size:
         raise UsageError(
             '--distribute=npu needs RANK_ID in 0..RANK_SIZE-1 and RANK_SIZE >= 1 in the '
-            'environment (got RANK_ID=%s, RANK_SIZE=%s); start it with test/train_full_8p.sh'
+            'environment (got RANK_ID=%r, RANK_SIZE=%r); start it with test/train_full_8p.sh'
             % texts
         )
     return rank, size

@@ -108,11 +108,11 @@ def test_fuzz_model_file_attributes(model_file, data):
                     st.one_of(
                         st.integers(-(2**63), 2**63 - 1),
                         st.floats(),
-                        st.text(max_size=20),
+                        st.text(max_size=20).map(lambda t: t.replace('\0', '')),
                         st.lists(st.integers(-(2**31), 2**31), max_size=5).map(np.array),
                         st.just(np.zeros((2, 2))),
                         st.booleans(),
-                        json_values.map(json.dumps),
+                        json_values.map(lambda v: json.dumps(v).replace('\0', '')),
                     ),
                     'value',
                 )

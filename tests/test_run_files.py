@@ -194,3 +194,29 @@ def test_rank_table_nested_too_deeply_or_with_a_superscript_digit_is_one_line(tm
     )
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
     assert proc.stderr.count('\n') == 1 and str(path) in proc.stderr, proc.stderr
+
+
+def test_rank_environment_with_a_line_break_is_one_line():
+    # Found by the long fuzz run: RANK_ID='\n' was printed as it was (two lines).
+    with mock.patch.dict(os.environ, {'RANK_ID': '\n', 'RANK_SIZE': '1'}):
+        one_line(checks.npu_rank, "RANK_ID='\\n'")
+
+
+def test_split_json_root_that_does_not_exist_is_named_as_the_split_files(tmp_path):
+    # Found by the long fuzz run: the message named the folder but not split.json.
+    import dataset
+
+    split = {'root': str(tmp_path / 'gone'), 'test_source': 'held_out'}
+    one_line(lambda: dataset.load_test('folder', None, split, (8, 8, 3), ('a', 'b')), 'split.json')
+
+
+def test_image_too_elongated_to_crop_is_a_bad_file(tmp_path):
+    # Found by the long fuzz run: a 10^8 x 1 PNG of a few bytes was scaled up to
+    # gigabytes by the crop rule (MemoryError).
+    from PIL import Image
+
+    from dataset import images
+
+    image = Image.new('1', (Image.MAX_IMAGE_PIXELS // 4, 1))
+    with pytest.raises(ValueError, match='too elongated'):
+        images.fit(image, (8, 8), 'crop')
