@@ -86,12 +86,25 @@ def read_split(model: str) -> dict:
     try:
         with open(path) as f:
             split = json.load(f)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise UsageError(
             "'%s' cannot be read (%s); restore the file the training run wrote"
-            % (path, ' '.join(str(err).split()))
+            % (path, ' '.join(str(err).split())[:200] or type(err).__name__)
         ) from err
-    if not isinstance(split, dict):
+    entries = split.get('test_files', []) if isinstance(split, dict) else None
+    if (
+        not isinstance(split, dict)
+        or not isinstance(split.get('root', ''), str)
+        or not isinstance(entries, list)
+        or not all(
+            isinstance(e, list)
+            and len(e) == 2
+            and isinstance(e[0], str)
+            and isinstance(e[1], int)
+            and not isinstance(e[1], bool)
+            for e in entries
+        )
+    ):
         raise UsageError("'%s' is not the split file a training run writes; restore it" % path)
     return split
 
@@ -113,7 +126,9 @@ def read_run(model: str, root: Optional[str], prep: model_io.Preprocessing):
             int(args.get('replicas', 1)) if args.get('scale_batch') else 1
         )
         seed = int(args['seed'])
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        if batch < 1:
+            raise ValueError('batch_size %d' % batch)
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError) as err:
         raise UsageError(
             '--precise_bn needs the args.json the training run wrote next to the '
             "model; '%s' cannot be read (%s)" % (path, ' '.join(str(err).split()))

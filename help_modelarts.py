@@ -73,7 +73,10 @@ def copy_folder(src: str, dst: str) -> None:
         _copy_local_tree(src, dst)
     except CopyError as err:
         raise CopyError('cannot copy %s to %s: %s' % (src, dst, err)) from err
-    except Exception as err:  # moxing raises its own and OBS client errors
+    # What a failed copy raises: OSError (shutil and local files, and the OBS client's
+    # network errors), and RuntimeError or ValueError, which moxing's own errors are
+    # built on; anything else is a bug and keeps its traceback.
+    except (OSError, RuntimeError, ValueError) as err:
         raise CopyError(
             'cannot copy %s to %s: %s: %s' % (src, dst, type(err).__name__, err)
         ) from err

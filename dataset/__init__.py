@@ -16,6 +16,7 @@ loaders share are in ``dataset.common``).
 This package is pure numpy, scipy and Pillow; it does not import TensorFlow.
 """
 
+import os
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -254,6 +255,11 @@ def load_test(
     info = get(name)
     if info.loader is not None:
         return load(name, root)[1]
+    if not root and split.get('root') and not os.path.isdir(split['root']):
+        raise UsageError(
+            "image folder '%s', named by the split.json next to the model, does not exist; "
+            'pass --dataset=ROOT, the image folder the model was trained on' % split['root']
+        )
     root = root or split.get('root')
     if not root:
         raise UsageError(

@@ -7,7 +7,9 @@ blue), and whose 'labels' is a list of N class indices. The pickling code here
 also serves CIFAR-100, which uses the same layout.
 """
 
+import codecs
 import functools
+import io
 import pickle
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -63,17 +65,75 @@ _PICKLE_GLOBALS = frozenset(
 )
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """An unpickler that only builds numpy arrays and plain Python containers."""
+def _refuse(what: str):
+    raise pickle.UnpicklingError('it %s, which a dataset file does not' % what)
+
+
+def _ndarray(*args, **kwargs):
+    """Stands for numpy.ndarray, which a dataset file names only as the type that
+    ``_reconstruct`` makes: called, it would allocate any size it is given."""
+    _refuse('calls numpy.ndarray')
+
+
+def _reconstruct(reconstruct):
+    """The ``_reconstruct`` of numpy for what numpy writes, an empty ndarray that the
+    pickle's state then fills (and checks against its data)."""
+
+    def call(subtype, shape, dtype):
+        if subtype is not _ndarray or tuple(shape) != (0,):
+            _refuse('reconstructs a %r of shape %r' % (subtype, shape))
+        return reconstruct(np.ndarray, shape, dtype)
+
+    return call
+
+
+def _from_bytes(kind):
+    """The bytes or bytearray type: empty, or of bytes, or of a string and its encoding; never of a
+    size."""
+
+    def call(*args):
+        if args and not isinstance(args[0], (bytes, bytearray, str)):
+            _refuse('builds %s of a %s' % (kind.__name__, type(args[0]).__name__))
+        return kind(*args)
+
+    return call
+
+
+def _latin1(text, encoding='utf-8', errors='strict'):
+    """``_codecs.encode`` as Python 2 strings are pickled: latin-1 only (other codecs
+    can be slow or large)."""
+    try:
+        known = codecs.lookup(encoding).name
+    except (LookupError, TypeError):  # no such codec (a damaged name), or not a string
+        known = None
+    if not isinstance(text, str) or known != 'iso8859-1':
+        _refuse('encodes with %r' % (encoding,))
+    return codecs.encode(text, encoding, errors)
+
+
+class _ArrayUnpickler(pickle._Unpickler):
+    """An unpickler that only builds numpy arrays and plain Python containers.
+
+    The pure-Python unpickler, reading from memory: the C one allocates whatever
+    size a (damaged) pickle declares for a bytes object or its memo before it finds
+    that the file is shorter, so a few bytes could ask for terabytes.
+    """
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _PICKLE_GLOBALS:
             raise pickle.UnpicklingError(
                 'it refers to %s.%s, which a dataset file does not' % (module, name)
             )
+        if name == 'ndarray':
+            return _ndarray
+        if name in ('bytes', 'bytearray'):
+            return _from_bytes(bytes if name == 'bytes' else bytearray)
+        if name == 'encode':
+            return _latin1
         if module.startswith('numpy._core') and not hasattr(np, '_core'):
             module = module.replace('numpy._core', 'numpy.core')  # written by numpy 2, read by 1.x
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        return _reconstruct(found) if name == '_reconstruct' else found
 
 
 def _entries(obj: Any) -> Dict[str, Any]:
@@ -98,7 +158,8 @@ def read_batch(path: str, label_key: str) -> Tuple[np.ndarray, np.ndarray]:
             pickle, EOF and OS errors propagate (``dataset.common.read_file`` reports them).
     """
     with open(path, 'rb') as f:
-        entries = _entries(_ArrayUnpickler(f, encoding='latin1').load())
+        raw = f.read()
+    entries = _entries(_ArrayUnpickler(io.BytesIO(raw), encoding='latin1').load())
     for key in ('data', label_key):
         if key not in entries:
             raise ValueError("no '%s' entry" % key)

@@ -70,6 +70,11 @@ def find_files(folder: str, title: str, names: Sequence[Union[str, Tuple[str, ..
     paths = []
     for choice in choices:
         found = [os.path.join(folder, n) for n in choice if os.path.isfile(os.path.join(folder, n))]
+        if not found and os.path.isdir(os.path.join(folder, choice[0])):
+            raise UsageError(
+                "%s file '%s' is a folder; put the file %s there, %s"
+                % (title, os.path.join(folder, choice[0]), choice[0], HELP)
+            )
         if not found:
             alternatives = ''.join(" (or '%s')" % n for n in choice[1:])
             raise UsageError(

@@ -10,6 +10,7 @@ one 32-bit size per dimension, followed by the values.
 import functools
 import gzip
 import operator
+import os
 import struct
 from typing import Tuple
 
@@ -41,41 +42,55 @@ LABEL_MAGIC = 0x00000801  # uint8, 1 dimension
 PAD = 2
 
 
-def _read_bytes(path: str) -> bytes:
-    """The file's content, gunzipped when the name ends in '.gz'."""
-    opener = gzip.open if path.endswith('.gz') else open
-    with opener(path, 'rb') as f:
-        return f.read()
+# Deflate inflates a byte to at most 1032 bytes, so a gzip file of S bytes holds at most
+# 1032·S bytes: a header declaring more is refused before anything is allocated for it.
+MAX_INFLATION = 1032
 
 
-def parse_idx(raw: bytes, magic: int) -> np.ndarray:
-    """Parses an IDX file of unsigned bytes.
+def read_idx(path: str, magic: int) -> np.ndarray:
+    """Reads an IDX file of unsigned bytes, gunzipped when the name ends in '.gz'.
+
+    The header is read first; its declared size is checked against what the file
+    can hold before the data is read, so a damaged or crafted header cannot make
+    the reader allocate more than the file's data.
 
     Args:
-        raw: the (uncompressed) file content.
+        path: the file.
         magic: the expected magic number; its low byte is the number of dimensions.
 
     Returns:
         uint8 array with the dimensions given in the header.
 
     Raises:
-        ValueError: wrong magic number, or a size that does not match the header.
+        ValueError: wrong magic number, or a size that does not match the header;
+            gzip, EOF and OS errors propagate.
     """
     ndim = magic & 0xFF
     header = 4 * (1 + ndim)
-    if len(raw) < header:
-        raise ValueError('only %d bytes, shorter than the IDX header' % len(raw))
-    found = struct.unpack('>I', raw[:4])[0]
-    if found != magic:
-        raise ValueError('magic number 0x%08x, expected 0x%08x' % (found, magic))
-    dims = struct.unpack('>%dI' % ndim, raw[4:header])
-    size = functools.reduce(operator.mul, dims, 1)  # Python ints: no overflow
-    if len(raw) != header + size:
-        raise ValueError(
-            '%d bytes of data, the header (%s) says %d'
-            % (len(raw) - header, 'x'.join(str(d) for d in dims), size)
-        )
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+    compressed = path.endswith('.gz')
+    with (gzip.open if compressed else open)(path, 'rb') as f:
+        head = f.read(header)
+        if len(head) < header:
+            raise ValueError('only %d bytes, shorter than the IDX header' % len(head))
+        found = struct.unpack('>I', head[:4])[0]
+        if found != magic:
+            raise ValueError('magic number 0x%08x, expected 0x%08x' % (found, magic))
+        dims = struct.unpack('>%dI' % ndim, head[4:])
+        size = functools.reduce(operator.mul, dims, 1)  # Python ints: no overflow
+        shape = 'x'.join(str(d) for d in dims)
+        room = os.fstat(f.fileno()).st_size * (MAX_INFLATION if compressed else 1)
+        if size > room:
+            raise ValueError(
+                'the header (%s) declares %d bytes of data, more than the file can hold'
+                % (shape, size)
+            )
+        data = f.read(size + 1)
+        count = len(data)
+        if count > size:  # count the rest without keeping it
+            count += sum(len(chunk) for chunk in iter(lambda: f.read(1 << 20), b''))
+    if count != size:
+        raise ValueError('%d bytes of data, the header (%s) says %d' % (count, shape, size))
+    return np.frombuffer(data, np.uint8).reshape(dims)
 
 
 def read_images(path: str) -> np.ndarray:
@@ -91,7 +106,7 @@ def read_images(path: str) -> np.ndarray:
         ValueError: not an IDX file of 28×28 images; gzip, EOF and OS errors
             propagate (``dataset.common.read_file`` reports them).
     """
-    images = parse_idx(_read_bytes(path), IMAGE_MAGIC)
+    images = read_idx(path, IMAGE_MAGIC)
     if images.shape[1:] != (28, 28):
         raise ValueError('images are %dx%d, expected 28x28' % images.shape[1:])
     return np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD)), mode='constant')[..., None]
@@ -109,7 +124,7 @@ def read_labels(path: str) -> np.ndarray:
     Raises:
         ValueError: not an IDX label file; gzip, EOF and OS errors propagate.
     """
-    return as_labels(parse_idx(_read_bytes(path), LABEL_MAGIC))
+    return as_labels(read_idx(path, LABEL_MAGIC))
 
 
 def _load_split(images_path: str, labels_path: str) -> Tuple[np.ndarray, np.ndarray]:

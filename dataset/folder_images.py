@@ -176,6 +176,12 @@ def load_test(
             )
     else:
         files = [(p, int(c)) for p, c in split.get('test_files', [])]
+        if any(not 0 <= c < len(class_names) for _, c in files):
+            raise UsageError(
+                'the split.json of the model lists a test file of class %d; the model has %d '
+                'classes; restore the split.json the training run wrote'
+                % (next(c for _, c in files if not 0 <= c < len(class_names)), len(class_names))
+            )
         if split.get('test_source') != 'held_out' or not files:
             raise UsageError(
                 "image folder '%s' has no test/ folder and split.json lists no "

@@ -205,16 +205,57 @@ def _hit(entry: Optional[list], key: Tuple[int, int]) -> Optional[list]:
 
 
 def _read_index(path: str, size: int) -> Dict:
-    """The cache index, or an empty one when missing or unreadable (decoded afresh)."""
+    """The cache index, or an empty one when missing, unreadable or damaged (its files
+    are then decoded afresh) or when the pixel file holds fewer rows than it counts."""
     empty = {'version': VERSION, 'size': size, 'rows': 0, 'entries': {}, 'bad': {}}
     try:
         with open(path) as f:
             index = json.load(f)
-        if index.get('version') == VERSION and index.get('size') == size:
-            return index
-    except (OSError, ValueError):
-        pass
-    return empty
+    except (OSError, ValueError, RecursionError):
+        return empty
+    if not _valid_index(index, size):
+        return empty
+    pixel_path = os.path.join(os.path.dirname(path), 'images-%d.u8' % size)
+    try:
+        stored = os.path.getsize(pixel_path) if os.path.isfile(pixel_path) else 0
+    except OSError:
+        return empty
+    return index if stored >= index['rows'] * size * size * 3 else empty
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _valid_index(index, size: int) -> bool:
+    """Whether ``index`` is an index as ``decode`` writes it (see the module docstring)."""
+    if not (
+        isinstance(index, dict)
+        and index.get('version') == VERSION
+        and index.get('size') == size
+        and _integer(index.get('rows'))
+        and index['rows'] >= 0
+        and isinstance(index.get('entries'), dict)
+        and isinstance(index.get('bad'), dict)
+    ):
+        return False
+    for entry in index['entries'].values():
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 4
+            and all(_integer(v) for v in entry)
+            and 0 <= entry[2] < index['rows']
+            and entry[3] in (0, 1)
+        ):
+            return False
+    return all(
+        isinstance(entry, list)
+        and len(entry) == 3
+        and _integer(entry[0])
+        and _integer(entry[1])
+        and isinstance(entry[2], str)
+        for entry in index['bad'].values()
+    )
 
 
 def cached_paths(folder: str, size: int) -> List[str]:

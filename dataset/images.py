@@ -14,6 +14,7 @@ animated GIF the first frame is read.
 """
 
 import struct
+import warnings
 from typing import Tuple
 
 import numpy as np
@@ -33,6 +34,7 @@ DECODE_ERRORS = (
     IndexError,
     struct.error,
     Image.DecompressionBombError,
+    Image.DecompressionBombWarning,  # raised as an error by ``open_image``
 )
 
 
@@ -44,9 +46,18 @@ def is_image_file(name: str) -> bool:
 def open_image(path: str) -> Image.Image:
     """Decodes a file into a gray ('L') or colour ('RGB') Pillow image, alpha on black.
 
+    An image of more than ``Image.MAX_IMAGE_PIXELS`` pixels is a bad file: Pillow only
+    warns below twice that limit, and would decode it.
+
     Raises:
         One of DECODE_ERRORS: the file is not a readable image.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', Image.DecompressionBombWarning)
+        return _open_image(path)
+
+
+def _open_image(path: str) -> Image.Image:
     with Image.open(path) as img:
         img.seek(0)  # first frame of an animation
         img.load()  # decode now: a truncated file fails here, not later
@@ -85,6 +96,10 @@ def fit(img: Image.Image, size: Tuple[int, int], rule: str) -> Image.Image:
     width, height = img.size
     scale = max(size[0] / width, size[1] / height)  # the shorter side meets the target
     scaled = (max(size[0], round(width * scale)), max(size[1], round(height * scale)))
+    if scaled[0] * scaled[1] > (Image.MAX_IMAGE_PIXELS or float('inf')):
+        # An extreme aspect ratio (a few bytes of PNG, 10^8 x 1) would be scaled up
+        # to gigabytes before the crop.
+        raise ValueError('a %dx%d image is too elongated to crop to a square' % (width, height))
     left, top = (scaled[0] - size[0]) // 2, (scaled[1] - size[1]) // 2
     return img.resize(scaled, Image.BILINEAR).crop((left, top, left + size[0], top + size[1]))
 

@@ -96,6 +96,13 @@ def check_format(path: str, model) -> None:
         )
 
 
+# What restoring a truncated, missing or damaged checkpoint raises, found by damaging
+# checkpoint files on TF 1.15 and 2.x: TensorFlow's OpError (NotFoundError,
+# DataLossError, OutOfRangeError, ...), IndexError (TF 2's reader of a cut data file),
+# ValueError, AssertionError (``assert_existing_objects_matched``) and OSError.
+CHECKPOINT_ERRORS = (tf.errors.OpError, IndexError, ValueError, AssertionError, OSError)
+
+
 class Checkpoints:
     """Saves and restores a Keras model and its optimizer with ``CheckpointManager``.
 
@@ -158,10 +165,12 @@ class Checkpoints:
         """Restores the newest checkpoint that loads, skipping broken ones.
 
         Returns:
-            The path restored, or None when there is no usable checkpoint.
+            The path restored, or None when there is no checkpoint.
 
         Raises:
-            UsageError: the newest readable checkpoint has an earlier format (``check_format``).
+            UsageError: the newest readable checkpoint has an earlier format
+                (``check_format``), or there are checkpoints and none of them loads
+                (starting afresh would overwrite the run they belong to).
         """
         create_optimizer_slots(self.model)
         manager = self.manager
@@ -169,19 +178,28 @@ class Checkpoints:
             manager = tf.train.CheckpointManager(
                 self.checkpoint, self.source, max_to_keep=None, checkpoint_name='ckpt'
             )
+        broken = []
         for path in reversed(manager.checkpoints):
             try:
                 check_format(path, self.model)
                 restore_checkpoint(self.checkpoint, path)
                 return path
-            except UsageError:
-                raise
-            except Exception as err:  # a truncated or missing file shows up in several types
-                warn(
-                    'warning: skipping checkpoint %s, it does not load (%s)'
-                    % (path, str(err).splitlines()[0] if str(err) else type(err).__name__)
-                )
+            except CHECKPOINT_ERRORS as err:
+                reason = _first_line(err)
+                warn('warning: skipping checkpoint %s, it does not load (%s)' % (path, reason))
+                broken.append((path, reason))
+        if broken:
+            raise UsageError(
+                'none of the %d checkpoints in %s loads (the newest, %s: %s); restore them, '
+                'or pass another --result to start afresh'
+                % ((len(broken), self.source) + broken[0])
+            )
         return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 class Interrupt:

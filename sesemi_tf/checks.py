@@ -197,7 +197,7 @@ def npu_rank() -> Tuple[int, int]:
     if size < 1 or not 0 <= rank < size:
         raise UsageError(
             '--distribute=npu needs RANK_ID in 0..RANK_SIZE-1 and RANK_SIZE >= 1 in the '
-            'environment (got RANK_ID=%s, RANK_SIZE=%s); start it with test/train_full_8p.sh'
+            'environment (got RANK_ID=%r, RANK_SIZE=%r); start it with test/train_full_8p.sh'
             % texts
         )
     return rank, size
@@ -221,10 +221,11 @@ def cluster_task() -> Tuple[int, int]:
             and workers
             and task.get('type') == 'worker'
             and isinstance(index, int)
+            and not isinstance(index, bool)
             and 0 <= index < len(workers)
             and set(config['cluster']) == {'worker'}
         )
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         ok = False
     if not ok:
         raise UsageError(

@@ -366,13 +366,25 @@ def from_json(saved: Dict[str, Any]) -> RunConfig:
     return RunConfig(**{k: v for k, v in saved.items() if k in _NAMES})
 
 
-def check_resumable(saved: Dict[str, Any], cfg: RunConfig, keys: Sequence[str]) -> None:
+def check_resumable(
+    saved: Dict[str, Any], cfg: RunConfig, keys: Sequence[str], source: str = 'args.json'
+) -> None:
     """Refuses to resume a run whose defining settings ``keys`` changed.
+
+    Args:
+        saved: the saved run's config (its args.json).
+        cfg: this run's config.
+        keys: the settings that must be equal.
+        source: the file ``saved`` was read from, for the message.
 
     Raises:
         UsageError: listing every setting whose saved value differs.
     """
     before = from_json(saved)
+
+    def value(saved_value) -> str:  # a value of a damaged file may hold line breaks
+        text = ' '.join(str(saved_value).split())
+        return text if len(text) <= 60 else text[:57] + '...'
 
     def name(key: str) -> str:  # resolved ones are not flags
         if key in RESOLVED_LATER:
@@ -380,14 +392,14 @@ def check_resumable(saved: Dict[str, Any], cfg: RunConfig, keys: Sequence[str]) 
         return '--%s=%s' % (key, getattr(cfg, key))
 
     diffs = [
-        '%s (saved: %s)' % (name(k), getattr(before, k))
+        '%s (saved: %s)' % (name(k), value(getattr(before, k)))
         for k in keys
         if getattr(before, k) != getattr(cfg, k)
     ]
     if diffs:
         raise UsageError(
-            'cannot resume: the saved run differs in %s; use the saved values or a new --result'
-            % ', '.join(diffs)
+            'cannot resume: the saved run (%s) differs in %s; use the saved values or a new '
+            '--result' % (source, ', '.join(diffs))
         )
 
 

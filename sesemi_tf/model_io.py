@@ -41,6 +41,25 @@ GCN_SCALE = 55.0  # the reference's global contrast normalisation scale
 GCN_EPS = 1e-10
 PAD = {'fashion_mnist': fashion_mnist.PAD}  # datasets stored with a zero border
 HELP = 'pass the model.h5 that train_evaluate_asl2.py wrote to its --result folder'
+# The layer classes of the networks' inference models (TF 1.15 and 2.x Keras), and the
+# model classes that hold them. A model file's config is checked against them before
+# Keras loads it: another class (a Lambda holds code) never reaches Keras.
+LAYER_CLASSES = frozenset(
+    [
+        'Activation',
+        'Add',
+        'BatchNormalization',
+        'Conv2D',
+        'Dense',
+        'Dropout',
+        'GlobalAveragePooling2D',
+        'InputLayer',
+        'LeakyReLU',
+        'MaxPooling2D',
+        'ZeroPadding2D',
+    ]
+)
+MODEL_CLASSES = frozenset(['Functional', 'Model'])
 
 
 class Preprocessing:
@@ -260,11 +279,11 @@ def save_model(path: str, model, preprocessing: Preprocessing) -> None:
             os.remove(tmp)
 
 
-def _keras_input_shape(f) -> Optional[Tuple[int, ...]]:
-    """The input shape (without batch) recorded in a Keras HDF5 file's model_config, or
-    None where the config is laid out otherwise (``load_model`` checks the loaded model)."""
+def _keras_input_shape(config) -> Optional[Tuple[int, ...]]:
+    """The input shape (without batch) recorded in a Keras model config, or None where
+    the config is laid out otherwise (``load_model`` checks the loaded model)."""
     try:
-        config = json.loads(_text(f.attrs['model_config']))['config']
+        config = config['config']
         first = config['input_layers'][0]
         name = first if isinstance(first, str) else first[0]  # Keras 2: [[name, 0, 0]]
         for layer in config['layers']:
@@ -273,9 +292,61 @@ def _keras_input_shape(f) -> Optional[Tuple[int, ...]]:
                     'batch_shape'
                 )
                 return tuple(int(d) for d in shape[1:])
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         pass
     return None
+
+
+class _Stored:
+    """The preprocessing group's attributes and datasets, read out of the HDF5 file
+    (what ``Preprocessing.read`` takes of an h5py group).
+
+    A dataset is read only when the file can hold it: a damaged header could
+    declare any size.
+    """
+
+    def __init__(self, group, file_size: int):
+        self.attrs = dict(group.attrs)
+        self.datasets = {}
+        for name in group:
+            stored = group[name]
+            declared = int(np.prod(stored.shape, dtype=object)) * stored.dtype.itemsize
+            if declared > file_size:
+                raise ValueError('dataset %s declares %d bytes' % (name, declared))
+            self.datasets[name] = stored[()]
+
+    def __getitem__(self, name: str):
+        return self.datasets[name]
+
+
+def _foreign_layer(config) -> Optional[str]:
+    """What in a Keras model config is outside LAYER_CLASSES and MODEL_CLASSES (a short
+    description), or None.
+
+    Raises:
+        ValueError: the config is not laid out as a Keras functional model's.
+    """
+    if not isinstance(config, dict) or not isinstance(config.get('config'), dict):
+        raise ValueError('model_config is not a Keras model config')
+    if config.get('class_name') not in MODEL_CLASSES:
+        return 'a model of class %s' % _quoted(config.get('class_name'))
+    layers = config['config'].get('layers')
+    if not isinstance(layers, list):
+        raise ValueError('model_config has no list of layers')
+    for layer in layers:
+        name = layer.get('class_name') if isinstance(layer, dict) else None
+        if name in MODEL_CLASSES:
+            found = _foreign_layer(layer)
+            if found:
+                return found
+        elif name not in LAYER_CLASSES:
+            return 'a layer of class %s' % _quoted(name)
+    return None
+
+
+def _quoted(value) -> str:
+    text = ' '.join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + '...'
 
 
 def read_preprocessing(
@@ -310,19 +381,31 @@ def read_preprocessing(
                     "model file '%s' has no '%s' preprocessing group (written by an "
                     'older version?); %s' % (path, GROUP, HELP)
                 )
-            prep = Preprocessing.read(f[GROUP])
-            keras_shape = _keras_input_shape(f)
+            stored = _Stored(f[GROUP], os.path.getsize(path))
+            model_config = f.attrs['model_config']
     except UsageError:
         raise
     except OSError as err:
         raise UsageError(
-            "model file '%s' cannot be read (%s); %s" % (path, ' '.join(str(err).split()), HELP)
+            "model file '%s' cannot be read (%s); %s"
+            % (path, ' '.join(str(err).split())[:200], HELP)
         ) from err
-    except (KeyError, ValueError, TypeError, IndexError) as err:
+    # h5py raises RuntimeError for HDF5 errors it has no other class for (a damaged
+    # symbol table, say); only h5py's reading is in this try.
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise _damaged(path, err) from err
+    try:
+        prep = Preprocessing.read(stored)
+        config = json.loads(_text(model_config))
+        foreign = _foreign_layer(config)
+        keras_shape = _keras_input_shape(config)
+    except (KeyError, ValueError, TypeError, IndexError, OverflowError, RecursionError) as err:
+        raise _damaged(path, err) from err
+    if foreign is not None:
         raise UsageError(
-            "model file '%s' is damaged (%s: %s); %s"
-            % (path, type(err).__name__, ' '.join(str(err).split()), HELP)
-        ) from err
+            "model file '%s' holds %s, which SESEMI's networks do not; it is not loaded; %s"
+            % (path, foreign, HELP)
+        )
     if keras_shape is not None and tuple(keras_shape) != prep.input_shape:
         raise UsageError(
             "model file '%s' is inconsistent: the network takes %s images, its "
@@ -340,6 +423,13 @@ def read_preprocessing(
             % (path, _shape(prep.input_shape), _shape(input_shape), _shape(input_shape))
         )
     return prep
+
+
+def _damaged(path: str, err: BaseException) -> UsageError:
+    return UsageError(
+        "model file '%s' is damaged (%s: %s); %s"
+        % (path, type(err).__name__, ' '.join(str(err).split())[:200], HELP)
+    )
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -366,7 +456,8 @@ def load_model(path: str, data: Optional[str] = None, input_shape: Optional[Sequ
 
     try:
         model = keras.models.load_model(path, compile=False)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    # RuntimeError: h5py's class for HDF5 errors of a damaged file that have no other.
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise UsageError(
             "model file '%s' cannot be loaded by Keras (%s: %s); %s"
             % (path, type(err).__name__, ' '.join(str(err).split())[:200], HELP)

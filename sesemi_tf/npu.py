@@ -33,7 +33,10 @@ def import_adapter() -> Tuple[Optional[object], str]:
     name = ADAPTER[1 if TF1 else 2]
     try:
         return importlib.import_module(name), ''
-    except Exception as err:  # a broken install fails in many ways (missing CANN libraries, ...)
+    # A missing or broken install: no module, a shared library of CANN that does not load
+    # (OSError, or TensorFlow's NotFoundError for a custom-op library), or a module of
+    # another version without a name it needs.
+    except (ImportError, OSError, AttributeError, tf.errors.NotFoundError) as err:
         first_line = str(err).splitlines()[0] if str(err) else ''
         return None, '%s: %s: %s' % (name, type(err).__name__, first_line)
 

@@ -9,6 +9,7 @@ train.log, tensorboard/, checkpoints/, and at the end model.h5 and result.json.
 
 import json
 import os
+import re
 import tempfile
 
 from sesemi_base.errors import UsageError
@@ -34,6 +35,11 @@ def read_args(result: str):
         if not isinstance(saved, dict):
             raise TypeError('not a JSON object')
         return saved
+    except RecursionError as err:
+        raise UsageError(
+            "'%s' cannot be read (nested too deeply); restore the file the run wrote, or pass "
+            'another --result' % path
+        ) from err
     except (OSError, ValueError, TypeError) as err:
         raise UsageError(
             "'%s' cannot be read (%s); restore the file the run wrote, or pass another --result"
@@ -50,23 +56,74 @@ def check_resumed(cfg, keys=None) -> None:
     """
     saved = read_args(cfg.result)
     if saved is not None:
-        config.check_resumable(saved, cfg, keys or config.defined_by_flags())
+        config.check_resumable(
+            saved, cfg, keys or config.defined_by_flags(), os.path.join(cfg.result, ARGS_FILE)
+        )
 
 
 def check_no_earlier_run(cfg) -> None:
     """Refuses to start afresh where an earlier run left checkpoints or metrics,
     which a new run would overwrite or mix with its own."""
-    earlier = read_metrics(os.path.join(cfg.result, 'metrics.jsonl'))
-    has_checkpoints = os.path.exists(os.path.join(cfg.ckpt_path, 'checkpoint'))
-    if earlier or has_checkpoints:
+    metrics = os.path.join(cfg.result, 'metrics.jsonl')
+    earlier = read_metrics(metrics)
+    has_checkpoints = os.path.lexists(os.path.join(cfg.ckpt_path, CHECKPOINT_STATE))
+    # A metrics file with no whole row (a cut line) is still an earlier run's.
+    if earlier or has_checkpoints or (os.path.isfile(metrics) and os.path.getsize(metrics)):
         raise UsageError(
             'result folder %s holds an earlier run (%s); pass --resume to continue it, or '
             'another --result (or remove the folder) to start over'
             % (
                 cfg.result,
-                'step %d' % earlier[-1]['step'] if earlier else 'checkpoints in %s' % cfg.ckpt_path,
+                'step %d' % earlier[-1]['step']
+                if earlier
+                else 'checkpoints in %s' % cfg.ckpt_path
+                if has_checkpoints
+                else metrics,
             )
         )
+
+
+CHECKPOINT_STATE = 'checkpoint'  # CheckpointManager's record of the checkpoints
+# The lines of the state file as TensorFlow writes it (text-format CheckpointState): a
+# string field with its escapes, or a number field.
+_STATE_LINE = re.compile(
+    r'\s*(?:(model_checkpoint_path|all_model_checkpoint_paths)\s*:\s*'
+    r'"((?:[^"\\\n]|\\[ntr"\'\\]|\\[0-7]{1,3}|\\x[0-9a-fA-F]{1,2})*)"'
+    r'|(?:all_model_checkpoint_timestamps|last_preserved_timestamp)\s*:\s*'
+    r'[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*'
+)
+
+
+def check_checkpoint_state(folder: str) -> None:
+    """Checks the checkpoint folder's state file, which TensorFlow reads on --resume,
+    without TensorFlow: a damaged one would otherwise raise inside it, or read as no
+    checkpoint at all, and the resumed run would start afresh over the earlier one.
+
+    Raises:
+        UsageError: the state file exists but is not one TensorFlow writes.
+    """
+    path = os.path.join(folder, CHECKPOINT_STATE)
+    if not os.path.lexists(path):
+        return
+    try:
+        with open(path, 'rb') as f:
+            text = f.read().decode('utf-8')
+    except (OSError, UnicodeDecodeError) as err:
+        why = getattr(err, 'strerror', None) or ' '.join(str(err).split())
+    else:
+        numbered = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        matches = [(n, _STATE_LINE.fullmatch(line)) for n, line in numbered]
+        bad = [n for n, match in matches if match is None]
+        if bad:
+            why = 'line %d is not a checkpoint state line' % bad[0]
+        elif not any(m.group(1) == 'model_checkpoint_path' and m.group(2) for _, m in matches):
+            why = 'it names no newest checkpoint'
+        else:
+            return
+    raise UsageError(
+        "checkpoint state file '%s' is damaged (%s); restore it, or pass another --result "
+        'to start afresh' % (path, why)
+    )
 
 
 def check_folder(cfg) -> None:
@@ -76,6 +133,8 @@ def check_folder(cfg) -> None:
         return
     if cfg.resume:
         check_resumed(cfg)
+        read_metrics(os.path.join(cfg.result, 'metrics.jsonl'))  # damaged: one line now
+        check_checkpoint_state(cfg.ckpt_path)
     else:
         check_no_earlier_run(cfg)
 

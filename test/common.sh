@@ -176,7 +176,7 @@ def fail(why):
     sys.exit(2)
 
 def number(value):
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return value if type(value) is int and value >= 0 else None
 
@@ -187,8 +187,8 @@ except FileNotFoundError:
     fail('does not exist; set RANK_TABLE_FILE to the rank table json of this server')
 except (OSError, UnicodeDecodeError) as err:
     fail('cannot be read: %s' % (getattr(err, 'strerror', None) or err))
-except ValueError as err:
-    fail('is not valid JSON: %s' % err)
+except (ValueError, RecursionError) as err:
+    fail('is not valid JSON: %s' % (' '.join(str(err).split()) or type(err).__name__))
 servers = table.get('server_list') if isinstance(table, dict) else None
 if not isinstance(servers, list) or not servers:
     fail('has no server_list (rank table format 1.0 expected)')

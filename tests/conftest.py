@@ -9,9 +9,27 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+# The fuzz tests' hypothesis profile: the same examples on every run (derandomized, no
+# example database), no deadline (a case may load TensorFlow or start a process), and a
+# budget from SESEMI_FUZZ_EXAMPLES when set (a long run); else each format's own CI budget
+# (tests/fuzzing.py).
+FUZZ_PROFILE = 'sesemi-fuzz'
+FUZZ_EXAMPLES_ENV = 'SESEMI_FUZZ_EXAMPLES'
+settings.register_profile(
+    FUZZ_PROFILE,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    max_examples=int(os.environ.get(FUZZ_EXAMPLES_ENV) or 40),
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=False,
+)
+settings.load_profile(FUZZ_PROFILE)
 
 
 def to_numpy(structure):

@@ -342,7 +342,8 @@ def test_directory_instead_of_file(tmp_path, name):
     file_name = dataset.get(name).files[-1]
     os.remove(str(tmp_path / file_name))
     os.mkdir(str(tmp_path / file_name))
-    usage_error(lambda: dataset.load(name, str(tmp_path)), "no file '%s'" % file_name)
+    # Named as a folder (fuzzing found the message saying the folder had no such file).
+    usage_error(lambda: dataset.load(name, str(tmp_path)), str(tmp_path / file_name), 'is a folder')
 
 
 def _truncate(path):
@@ -452,6 +453,58 @@ def test_cifar_pickle_cannot_run_code(tmp_path, monkeypatch):
     assert not os.path.exists(str(tmp_path / 'pwned'))
 
 
+def write_raw(path, raw):
+    with open(str(path), 'wb') as f:
+        f.write(raw)
+
+
+def test_cifar_pickle_declaring_a_terabyte_bytes_object_is_refused_without_allocating(tmp_path):
+    # Found by fuzzing: the C unpickler allocated the size a BINBYTES8 or a protocol-4
+    # frame declares before reading it, so a few bytes raised MemoryError (a traceback).
+    write_cifar10(tmp_path)
+    write_raw(tmp_path / 'test_batch', b'\x80\x04\x8e' + struct.pack('<Q', 2**40) + b'abc.')
+    usage_error(lambda: cifar10.load_data(str(tmp_path)), 'test_batch', 'truncated')
+    write_raw(tmp_path / 'test_batch', b'\x80\x04\x95' + struct.pack('<Q', 6 * 2**30) + b'N.')
+    usage_error(lambda: cifar10.load_data(str(tmp_path)), 'test_batch', 'truncated')
+
+
+def reduce_pickle(module, name, args):
+    """A protocol-2 pickle calling ``module.name(*args)``, args a pickled tuple."""
+    return b'\x80\x02c%s\n%s\n%sR.' % (module, name, args[2:-1])
+
+
+@pytest.mark.parametrize(
+    'module, name, args, reason',
+    [
+        # numpy.ndarray((2**20, 2**20)): an uninitialised terabyte that passes as N x 3072 rows
+        (b'numpy', b'ndarray', ((2**28, 3072), 'u1'), 'calls numpy.ndarray'),
+        (b'builtins', b'bytes', (2**40,), 'builds bytes of a int'),
+        (b'__builtin__', b'bytearray', (2**40,), 'builds bytearray of a int'),
+        (b'_codecs', b'encode', ('x' * 100, 'punycode'), "encodes with 'punycode'"),
+        # Found by the long fuzz run: a flipped byte of 'latin1' raised LookupError.
+        (b'_codecs', b'encode', ('x', 'matin1'), "encodes with 'matin1'"),
+    ],
+)
+def test_cifar_pickle_calling_an_allowed_global_to_allocate_is_refused(
+    tmp_path, module, name, args, reason
+):
+    # Found by fuzzing: the allowed globals were returned as they are, so a pickle could
+    # call numpy.ndarray, bytes or bytearray with a size (terabytes), or encode with a
+    # slow codec.
+    write_cifar10(tmp_path)
+    write_raw(tmp_path / 'test_batch', reduce_pickle(module, name, pickle.dumps(args, 2)))
+    usage_error(lambda: cifar10.load_data(str(tmp_path)), 'test_batch', reason)
+
+
+def test_cifar_pickle_reconstructing_a_huge_array_is_refused(tmp_path):
+    # numpy's _reconstruct makes an empty array, which the pickle's state then fills.
+    write_cifar10(tmp_path)
+    args = pickle.dumps((np.ndarray, (2**28, 3072), b'b'), 2)[2:-1]
+    raw = b'\x80\x02cnumpy.core.multiarray\n_reconstruct\n' + args + b'R.'
+    write_raw(tmp_path / 'test_batch', raw)
+    usage_error(lambda: cifar10.load_data(str(tmp_path)), 'test_batch', 'reconstructs')
+
+
 # ------------------------------------------------------------- SVHN contents
 
 
@@ -534,6 +587,44 @@ def test_fashion_bad_idx(tmp_path, file_name, raw, reason):
     write_fashion(tmp_path)
     write_bytes(tmp_path / file_name, raw)
     usage_error(lambda: fashion_mnist.load_data(str(tmp_path)), file_name, reason)
+
+
+def test_fashion_gzip_inflating_past_its_header_is_refused_without_holding_it(tmp_path):
+    # The reader decompressed the whole file before comparing it with its header, so a
+    # small gzip file (here 100 MB of zeros in 100 kB) was held in memory whole.
+    import gzip
+    import tracemalloc
+
+    write_fashion(tmp_path)
+    header = struct.pack('>II', 0x801, 4)
+    with gzip.open(str(tmp_path / 't10k-labels-idx1-ubyte.gz'), 'wb') as f:
+        f.write(header + bytes(4))
+        for _ in range(100):
+            f.write(bytes(2**20))
+    tracemalloc.start()
+    try:
+        usage_error(
+            lambda: fashion_mnist.load_data(str(tmp_path)),
+            't10k-labels-idx1-ubyte.gz',
+            '%d bytes of data, the header (4) says 4' % (4 + 100 * 2**20),
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, peak
+
+
+def test_fashion_header_declaring_more_than_the_file_can_hold_is_refused_before_reading(
+    tmp_path,
+):
+    write_fashion(tmp_path, gz=False)
+    raw = struct.pack('>IIII', 0x803, 2**32 - 1, 28, 28) + bytes(784)
+    write_bytes(tmp_path / 'train-images-idx3-ubyte', raw)
+    usage_error(
+        lambda: fashion_mnist.load_data(str(tmp_path)),
+        'train-images-idx3-ubyte',
+        'more than the file can hold',
+    )
 
 
 def test_fashion_count_mismatch_names_both_files(tmp_path):

@@ -165,6 +165,79 @@ def test_cache_survives_rows_left_by_a_killed_run(tmp_path):
     assert os.path.getsize(os.path.join(cache, 'images-8.u8')) == 2 * 8 * 8 * 3
 
 
+def _cached_pngs(tmp_path, count=3):
+    paths = [str(tmp_path / ('%d.png' % i)) for i in range(count)]
+    for i, p in enumerate(paths):
+        _png(p, 50 + i)
+    cache = str(tmp_path / 'cache')
+    image_cache.decode(paths, 8, cache, progress=False)
+    return paths, cache
+
+
+@pytest.mark.parametrize(
+    'index',
+    [
+        'null',  # AttributeError
+        '{"version": 1, "size": 8, "rows": 3, "bad": {}}',  # KeyError: 'entries'
+        '{"version": 1, "size": 8, "entries": {}, "bad": {}}',  # KeyError: 'rows'
+        '{"version": 1, "size": 8, "rows": "3", "entries": {}, "bad": {}}',  # TypeError
+        '{"version": 1, "size": 8, "rows": 3, "entries": [], "bad": {}}',  # AttributeError
+    ],
+)
+def test_cache_with_a_damaged_index_decodes_afresh(tmp_path, index):
+    # Found by fuzzing: an index that parsed but was not the cache's ended in a traceback.
+    paths, cache = _cached_pngs(tmp_path)
+    with open(os.path.join(cache, 'images-8.json'), 'w') as f:
+        f.write(index)
+    decoded = image_cache.decode(paths, 8, cache, progress=False)
+    assert decoded.decoded == 3 and [p[0, 0, 0] for p in decoded.pixels] == [50, 51, 52]
+
+
+def test_cache_with_a_row_outside_its_pixel_file_decodes_afresh(tmp_path):
+    # Found by fuzzing: a pixel file shorter than its index counts (here emptied) made the
+    # memory map raise ValueError, and a row number past the count read outside it.
+    paths, cache = _cached_pngs(tmp_path)
+    open(os.path.join(cache, 'images-8.u8'), 'w').close()
+    decoded = image_cache.decode(paths, 8, cache, progress=False)
+    assert decoded.decoded == 3 and [p[0, 0, 0] for p in decoded.pixels] == [50, 51, 52]
+    with open(os.path.join(cache, 'images-8.json')) as f:
+        index = json.load(f)
+    index['entries'][os.path.abspath(paths[1])][2] = 7
+    with open(os.path.join(cache, 'images-8.json'), 'w') as f:
+        json.dump(index, f)
+    decoded = image_cache.decode(paths, 8, cache, progress=False)
+    assert decoded.decoded == 3 and [p[0, 0, 0] for p in decoded.pixels] == [50, 51, 52]
+
+
+def test_image_above_the_pixel_limit_is_a_bad_file_and_not_decoded(tmp_path):
+    # Found by fuzzing: Pillow only warns for 1 to 2 times Image.MAX_IMAGE_PIXELS and
+    # decoded such a bomb (here 89.5 million pixels from a file of 100 bytes).
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (
+            struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+        )
+
+    width, height = 4474, 20000
+    assert width * height > Image.MAX_IMAGE_PIXELS
+    raw = (
+        b'\x89PNG\r\n\x1a\n'
+        + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 1, 0, 0, 0, 0))
+        + chunk(b'IDAT', zlib.compress(b'\0' * (1 + width // 8)))
+        + chunk(b'IEND', b'')
+    )
+    path = str(tmp_path / 'bomb.png')
+    with open(path, 'wb') as f:
+        f.write(raw)
+    limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(images.DECODE_ERRORS) as info:
+        images.decode_square(path, 8)
+    assert 'decompression bomb' in images.reason(info.value)
+    assert limit == Image.MAX_IMAGE_PIXELS  # Pillow's limit is kept
+
+
 # ------------------------------------------------------------ input pipeline
 
 

@@ -488,6 +488,44 @@ def test_copy_uses_moxing_when_present(tmp_path, monkeypatch):
         help_modelarts.copy_folder('obs://bucket/data', str(tmp_path / 'cache'))
 
 
+def test_copy_keeps_the_traceback_of_an_internal_error(tmp_path, monkeypatch):
+    import help_modelarts
+
+    def broken(src, dst):
+        raise NameError('an internal error')
+
+    fake = types.SimpleNamespace(file=types.SimpleNamespace(copy_parallel=broken))
+    monkeypatch.setitem(sys.modules, 'moxing', fake)
+    with pytest.raises(NameError):
+        help_modelarts.copy_folder('obs://bucket/data', str(tmp_path / 'cache'))
+
+
+def test_adapter_import_keeps_the_traceback_of_an_internal_error(monkeypatch):
+    import importlib
+
+    from sesemi_tf import npu
+
+    def broken(name):
+        raise NameError('an internal error')
+
+    monkeypatch.setattr(importlib, 'import_module', broken)
+    with pytest.raises(NameError):
+        npu.import_adapter()
+
+
+def test_adapter_import_of_a_broken_install_is_a_reason(monkeypatch):
+    import importlib
+
+    from sesemi_tf import npu
+
+    def missing_library(name):
+        raise OSError('libascendcl.so: cannot open shared object file')
+
+    monkeypatch.setattr(importlib, 'import_module', missing_library)
+    module, why = npu.import_adapter()
+    assert module is None and 'libascendcl.so' in why
+
+
 def test_copy_without_moxing_takes_local_folders_only(tmp_path, monkeypatch):
     import help_modelarts
 
