@@ -12,7 +12,15 @@ from typing import List, Optional
 
 import numpy as np
 
-from sesemi_base.compat import K, constant_value, keras, replica_local_variable, smart_cond, tf
+from sesemi_base.compat import (
+    K,
+    constant_value,
+    do_not_convert,
+    keras,
+    replica_local_variable,
+    smart_cond,
+    tf,
+)
 
 WEIGHT_DECAY = 5e-4
 KERNEL_INIT = 'he_normal'
@@ -114,6 +122,7 @@ class ProxyBranch(keras.layers.Layer):
             if isinstance(layer, BatchNormalization):
                 layer.add_proxy_state()
 
+    @do_not_convert
     def call(self, inputs, training=None):  # pylint: disable=arguments-differ
         """The trunk applied to ``inputs``, its BatchNorm calls marked as the proxy branch's."""
         saved = _BRANCH.proxy
@@ -189,6 +198,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         if self.proxy_debias is None:
             self._set_state('proxy_debias', PROXY_STATE)
 
+    @do_not_convert
     def call(self, inputs, training=None):  # pylint: disable=arguments-differ
         """Keras' fused normalisation; in training, the branch's zero-debiased update."""
         training = self._get_training_value(training)  # pylint: disable=protected-access

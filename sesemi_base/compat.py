@@ -96,6 +96,12 @@ def replica_local_variable(value, name: str, average: bool = True):
     )
 
 
+# Marks a function that TensorFlow traces as it is, without autograph's rewrite: the
+# project's traced code has no Python control flow on tensors, so the rewrite only makes
+# tracing slower and runs a converted copy of the code (which coverage cannot follow).
+do_not_convert = tf.autograph.experimental.do_not_convert
+
+
 def map_batches(dataset, fn, count: int):
     """Yields ``fn(element)`` as numpy for each of the first ``count`` elements of
     ``dataset``; ``fn`` builds TensorFlow ops (once, in a graph or a tf.function)

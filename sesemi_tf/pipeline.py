@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
-from sesemi_base.compat import TF1, tf
+from sesemi_base.compat import TF1, do_not_convert, tf
 from sesemi_base.errors import UsageError
 from sesemi_tf.augment import add_noise_per_image, image_keys, proxy_transforms, random_shift
 
@@ -215,6 +215,7 @@ def make_dataset(
     )
     dataset = dataset.flat_map(lambda *chunk: tf.data.Dataset.from_tensor_slices(chunk))
 
+    @do_not_convert
     def build_step(labeled, pool, step, part):
         x, y, pool = images, labels, pool if self_supervised else None
         if convert is not None:

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from networks.layers import fed_variance
-from sesemi_base.compat import K, keras, map_batches, tf
+from sesemi_base.compat import K, do_not_convert, keras, map_batches, tf
 from sesemi_tf.pipeline import BatchSampler, make_dataset
 
 SEED_OFFSET = 1000  # the batches' sampler and augmentation use the run's seed + this
@@ -71,6 +71,7 @@ def recompute(model, batches, count: int) -> None:
     layers = [layer for layer in owner.layers if isinstance(layer, keras.layers.BatchNormalization)]
     probe = keras.Model(owner.inputs, [layer.input for layer in layers])
 
+    @do_not_convert
     def statistics(step):
         features = probe(step[0]['super_data'], training=True)
         if not isinstance(features, (list, tuple)):
