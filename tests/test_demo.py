@@ -105,3 +105,43 @@ def test_demo_quotes_the_measured_table_for_its_setting(tmp_path, interval, verd
     )
     assert 'not in the measured table' in demo.measured(other, path)
     assert 'not in the measured table' in demo.measured(args, str(tmp_path / 'missing.json'))
+
+
+def test_demo_quotes_round_2_with_the_moving_statistics(tmp_path):
+    path2 = str(tmp_path / 'table2.json')
+    row = {
+        'cell': 'demo',
+        'width': 0.125,
+        'labels': 50,
+        'steps': 900,
+        'mode': 'asl',
+        'moving': {
+            'seeds': [0, 1],
+            'supervised': [40.0, 42.0],
+            'self': [37.0, 38.0],
+            'mean': 3.5,
+            'se': 0.5,
+            'interval': [0.4, 6.6],
+        },
+        'precise': {'seeds': [], 'supervised': [], 'self': [], 'gains': []},
+    }
+    with open(path2, 'w') as f:
+        json.dump({'rows': [row]}, f)
+    args = demo.parse_args([])  # the defaults are the demo's setting
+    text = demo.measured(args, str(tmp_path / 'none.json'), path2)
+    assert 'docs/fashion_table2.md, cell demo' in text and 'seeds 0,1' in text
+    assert 'supervised 41.00 %' in text and 'asl 37.50 %' in text and '[+0.40, +6.60]' in text
+    assert 'SESEMI beats the baseline' in text
+
+
+def test_the_time_estimate_adds_both_runs_and_their_evaluations():
+    args = demo.parse_args(['--steps', '900', '--evaluations', '3'])
+    # 100 of 900 asl steps after 30 s at 1,920 img/s: 0.1 s a step, 20 s of start-up.
+    text = demo.estimate(args, 'asl', 100, 900, 1920, 30.0, then=900)
+    step, evaluation = 0.1, 80000 * 0.1 / 192 / 3
+    left = (
+        800 * step + 3 * evaluation + 20 + 900 * step * demo.SUPERVISED_STEP_RATIO + 3 * evaluation
+    )
+    assert '100 ms per asl step' in text
+    assert 'about %.0f more minutes' % (left / 60) in text
+    assert '(%.1f minutes in all)' % ((left + 30) / 60) in text
