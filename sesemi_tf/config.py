@@ -16,11 +16,10 @@ Imports no TensorFlow, so bad flags cost one line on stderr before it loads.
 
 import dataclasses
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import dataset
 import networks
-from sesemi_base.errors import UsageError
 from sesemi_tf import checks
 from utils import MODES
 
@@ -364,43 +363,6 @@ def from_json(saved: Dict[str, Any]) -> RunConfig:
     """The configuration an ``args.json`` holds: unknown keys are ignored and missing
     ones take their defaults (what runs saved before a field existed ran with)."""
     return RunConfig(**{k: v for k, v in saved.items() if k in _NAMES})
-
-
-def check_resumable(
-    saved: Dict[str, Any], cfg: RunConfig, keys: Sequence[str], source: str = 'args.json'
-) -> None:
-    """Refuses to resume a run whose defining settings ``keys`` changed.
-
-    Args:
-        saved: the saved run's config (its args.json).
-        cfg: this run's config.
-        keys: the settings that must be equal.
-        source: the file ``saved`` was read from, for the message.
-
-    Raises:
-        UsageError: listing every setting whose saved value differs.
-    """
-    before = from_json(saved)
-
-    def value(saved_value) -> str:  # a value of a damaged file may hold line breaks
-        text = ' '.join(str(saved_value).split())
-        return text if len(text) <= 60 else text[:57] + '...'
-
-    def name(key: str) -> str:  # resolved ones are not flags
-        if key in RESOLVED_LATER:
-            return '%s %s' % (key, getattr(cfg, key))
-        return '--%s=%s' % (key, getattr(cfg, key))
-
-    diffs = [
-        '%s (saved: %s)' % (name(k), value(getattr(before, k)))
-        for k in keys
-        if getattr(before, k) != getattr(cfg, k)
-    ]
-    if diffs:
-        raise UsageError(
-            'cannot resume: the saved run (%s) differs in %s; use the saved values or a new '
-            '--result' % (source, ', '.join(diffs))
-        )
 
 
 def defined_by_flags() -> Tuple[str, ...]:

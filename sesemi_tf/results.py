@@ -11,6 +11,7 @@ import json
 import os
 import re
 import tempfile
+from typing import Any, Dict, Sequence
 
 from sesemi_base.errors import UsageError
 from sesemi_base.files import read_metrics
@@ -56,8 +57,45 @@ def check_resumed(cfg, keys=None) -> None:
     """
     saved = read_args(cfg.result)
     if saved is not None:
-        config.check_resumable(
+        check_resumable(
             saved, cfg, keys or config.defined_by_flags(), os.path.join(cfg.result, ARGS_FILE)
+        )
+
+
+def check_resumable(
+    saved: Dict[str, Any], cfg: 'config.RunConfig', keys: Sequence[str], source: str = 'args.json'
+) -> None:
+    """Refuses to resume a run whose defining settings ``keys`` changed.
+
+    Args:
+        saved: the saved run's config (its args.json).
+        cfg: this run's config.
+        keys: the settings that must be equal.
+        source: the file ``saved`` was read from, for the message.
+
+    Raises:
+        UsageError: listing every setting whose saved value differs.
+    """
+    before = config.from_json(saved)
+
+    def value(saved_value) -> str:  # a value of a damaged file may hold line breaks
+        text = ' '.join(str(saved_value).split())
+        return text if len(text) <= 60 else text[:57] + '...'
+
+    def name(key: str) -> str:  # resolved ones are not flags
+        if key in config.RESOLVED_LATER:
+            return '%s %s' % (key, getattr(cfg, key))
+        return '--%s=%s' % (key, getattr(cfg, key))
+
+    diffs = [
+        '%s (saved: %s)' % (name(k), value(getattr(before, k)))
+        for k in keys
+        if getattr(before, k) != getattr(cfg, k)
+    ]
+    if diffs:
+        raise UsageError(
+            'cannot resume: the saved run (%s) differs in %s; use the saved values or a new '
+            '--result' % (source, ', '.join(diffs))
         )
 
 

@@ -15,7 +15,7 @@ from conftest import ROOT
 
 from sesemi_base.compat import TF1
 from sesemi_base.errors import UsageError
-from sesemi_tf import config
+from sesemi_tf import config, results
 from sesemi_tf.arguments import parse
 from sesemi_tf.config import RunConfig
 
@@ -72,9 +72,9 @@ def test_old_args_json_takes_defaults_and_ignores_unknown_keys():
 
 def test_check_resumable_names_every_difference():
     saved = config.to_json(RunConfig(batch_size=4, seed=1))
-    config.check_resumable(saved, RunConfig(batch_size=4, seed=1), config.defined_by_flags())
+    results.check_resumable(saved, RunConfig(batch_size=4, seed=1), config.defined_by_flags())
     with pytest.raises(UsageError) as err:
-        config.check_resumable(saved, RunConfig(batch_size=8, seed=2), config.defined_by_flags())
+        results.check_resumable(saved, RunConfig(batch_size=8, seed=2), config.defined_by_flags())
     assert '--batch_size=8 (saved: 4)' in str(err.value) and '--seed=2 (saved: 1)' in str(err.value)
 
 

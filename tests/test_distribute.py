@@ -19,9 +19,10 @@ from conftest import ROOT, expect_usage_error, stub_adapter_tf1, write_noise_fas
 from sesemi_base.errors import UsageError
 from sesemi_base.files import read_metrics
 from sesemi_tf import checkpoints, checks, device, parallel
-from sesemi_tf.config import RunConfig, check_resumable
+from sesemi_tf.config import RunConfig
 from sesemi_tf.model import lr_schedule
 from sesemi_tf.plan import make_plan
+from sesemi_tf.results import check_resumable
 
 # 40 training images, 20 labeled (asl pool = labeled): 5 steps per epoch at batch 4, 4 steps.
 # At the default --base_lr=0.05 this 1/16-width network amplifies the two runs' round-off
@@ -143,7 +144,7 @@ def test_npu_rank_environment(capsys, tiny_fashion, monkeypatch):
     ]
     monkeypatch.setenv('RANK_SIZE', '8')
     monkeypatch.setenv('RANK_ID', '8')
-    expect_usage_error(capsys, base, 'RANK_ID', 'RANK_SIZE=8')
+    expect_usage_error(capsys, base, 'RANK_ID', "RANK_SIZE='8'")
     monkeypatch.setenv('RANK_ID', '3')
     expect_usage_error(capsys, base + ['--batch_size=12'], '--batch_size=12', '8 replicas')
     expect_usage_error(capsys, base + ['--sync_bn'], '--sync_bn', 'synchronised')

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, write_cifar10, write_fashion_mnist
 
 import dataset
-from sesemi_tf import model_io
+from sesemi_tf import model_io, preprocessing
 
 TINY = [
     '--network=convnet',
@@ -106,8 +106,8 @@ def test_model_file_carries_the_training_preprocessing(run):
     info = dataset.get(run.data)
     with h5py.File(run.model, 'r') as f:
         attrs = f['sesemi'].attrs
-        assert model_io._text(attrs['data']) == run.data
-        assert json.loads(model_io._text(attrs['class_names'])) == list(info.class_names)
+        assert preprocessing.text(attrs['data']) == run.data
+        assert json.loads(preprocessing.text(attrs['class_names'])) == list(info.class_names)
         assert float(attrs['gcn_scale']) == 55.0 and int(attrs['seed']) == 0
         assert bool(attrs['zca']) == info.zca and bool(attrs['hflip']) == info.hflip
         assert list(attrs['input_shape']) == list(info.shape) and int(attrs['n_classes']) == 10
