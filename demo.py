@@ -133,7 +133,8 @@ def train(args: argparse.Namespace, mode: str, then: int = 0) -> dict:
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, bufsize=1)
     estimated = not then
     for line in proc.stdout:
-        print(line, end='', flush=True)
+        if shown(line):
+            print(line, end='', flush=True)
         match = PROGRESS.match(line)
         if match and not estimated:
             estimated = True
@@ -149,6 +150,17 @@ def train(args: argparse.Namespace, mode: str, then: int = 0) -> dict:
     with open(os.path.join(result, 'metrics.jsonl')) as f:
         rows = [json.loads(line) for line in f]
     return {'mode': mode, 'final': final, 'rows': rows, 'minutes': (time.time() - start) / 60}
+
+
+def shown(line: str) -> bool:
+    """Whether the demo shows a line of the entry's output: the run's size, progress,
+    evaluations and the final result. The configuration (args.json), the model summary
+    and the epoch lines (three steps each here; train.log) stay in the run's folder."""
+    return bool(
+        PROGRESS.match(line)
+        or 'test error' in line
+        or line.startswith(('Labeled images', 'Final test error', 'warning', 'error'))
+    )
 
 
 def estimate(

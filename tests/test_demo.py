@@ -49,6 +49,9 @@ def test_demo_trains_both_modes_and_reports_them(tiny_fashion, tmp_path, capsys)
         assert rows[mode][3] == '%.2f%%' % (100 * error)
     assert '%+.2f points' % (100 * (errors['supervised'] - errors['asl'])) in summary
     assert 'not in the measured table' in summary  # this tiny setting was never measured
+    # The runs' final lines are shown; their configuration and model summary are not.
+    assert out.count('Final test error') == 2
+    assert 'Configuration:' not in out and 'Total params' not in out
 
     with open(os.path.join(result, 'learning_curves.png'), 'rb') as f:
         png = f.read()
@@ -145,3 +148,18 @@ def test_the_time_estimate_adds_both_runs_and_their_evaluations():
     assert '100 ms per asl step' in text
     assert 'about %.0f more minutes' % (left / 60) in text
     assert '(%.1f minutes in all)' % ((left + 30) / 60) in text
+
+
+def test_the_demo_shows_progress_and_evaluations_not_every_epoch():
+    assert demo.shown('step 141/900  loss 0.6831  1348 img/s  ETA 0:01:48\n')
+    assert demo.shown('Labeled images 50, steps per epoch 3, epochs 300, total steps 900\n')
+    assert demo.shown(
+        'epoch 100/300  step 300/900  lr 0.03  loss 0.4 (super 0.1)  55.0 ms/step  1700 img/s'
+        '  test error dense 0.4100 single 0.4200\n'
+    )
+    assert demo.shown('Final test error: dense 0.3808, single view 0.3834 (900 steps).\n')
+    assert not demo.shown(
+        'epoch 99/300  step 297/900  lr 0.03  loss 0.4 (super 0.1)  55.0 ms/step  1700 img/s\n'
+    )
+    assert not demo.shown('Configuration:\n')
+    assert not demo.shown('Total params: 50,336\n')
