@@ -166,8 +166,11 @@ def test_a_run_saved_before_the_typed_config_resumes_to_the_same_weights(tiny_fa
     whole = str(tmp_path / 'whole')
     proc = entry(*flags, '--result=' + whole)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The saved run's first two steps ran on another CPU, whose kernels may round otherwise:
+    # measured, TF 2.21 resumes bit-identical and TF 1.15 within 8.3e-7; a 1 % change of the
+    # learning rate moves the weights by 2.5e-2 (TF 2.21) and 3.6e-2 (TF 1.15).
     for a, b in zip(
         model_weights(os.path.join(resumed, 'model.h5')),
         model_weights(os.path.join(whole, 'model.h5')),
     ):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -328,9 +328,12 @@ def test_under_two_replicas(paired_runs, tmp_path):
         final = json.load(f)
     with open(os.path.join(runs['precise'][1], 'result.json')) as f:
         single = json.load(f)
-    # Same batches on the copy of the same (round-off apart) weights: the same errors.
+    # Same batches on the copy of the same (round-off apart) weights: the same errors, up to
+    # two of the 30 test images that round-off moves across a decision boundary. Counted in
+    # images: the difference of two error fractions is not exactly 2 / 30 when it is two.
     assert final['replicas'] == 2 and final['model_statistics'] == 'precise'
-    assert abs(final['error_dense_precise'] - single['error_dense_precise']) <= 2 / 30
+    images = abs(final['error_dense_precise'] - single['error_dense_precise']) * 30
+    assert round(images) <= 2
 
 
 def test_a_count_that_is_no_integer_is_a_usage_error(tiny_fashion, tmp_path, capsys):
