@@ -111,6 +111,19 @@ def _latin1(text, encoding='utf-8', errors='strict'):
     return codecs.encode(text, encoding, errors)
 
 
+def _dtype_state_is_plain(dtype: np.dtype, state: Any) -> bool:
+    """Whether ``state`` is the state numpy pickles for ``dtype`` (its byte order
+    aside): the state of a dtype sets its flags and item size, so a damaged one
+    could mark plain bytes as object references, which numpy would then follow."""
+    plain = dtype.__reduce__()[2]
+    if not isinstance(state, tuple) or len(state) != len(plain):
+        return False
+    if any(type(a) is not type(b) for a, b in zip(state, plain)):
+        return False
+    same_order = state[1] == plain[1] or {state[1], plain[1]} == {'<', '>'}
+    return same_order and state[:1] + state[2:] == plain[:1] + plain[2:]
+
+
 class _ArrayUnpickler(pickle._Unpickler):
     """An unpickler that only builds numpy arrays and plain Python containers.
 
@@ -118,6 +131,17 @@ class _ArrayUnpickler(pickle._Unpickler):
     size a (damaged) pickle declares for a bytes object or its memo before it finds
     that the file is shorter, so a few bytes could ask for terabytes.
     """
+
+    def load_build(self) -> None:
+        """BUILD, refused for a dtype whose state is not the one numpy writes (checked
+        before it applies: ``numpy.dtype('u1', False, False)`` is numpy's own uint8)."""
+        target, state = self.stack[-2], self.stack[-1]
+        if isinstance(target, np.dtype) and not _dtype_state_is_plain(target, state):
+            _refuse('gives the dtype %s a state numpy does not write' % target)
+        super().load_build()
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _PICKLE_GLOBALS:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
+import pytest
 from conftest import FUZZ_EXAMPLES_ENV, FUZZ_PROFILE, ROOT
 from hypothesis import note, settings
 from hypothesis import strategies as st
@@ -25,6 +26,16 @@ from sesemi_base.errors import UsageError
 
 # Subprocess cases per format and suite: each one starts Python (and some TensorFlow).
 SUBPROCESS_CASES = 3
+# A RuntimeWarning of the project's readers (numpy's, raised in their lines) or an exception
+# that Python can only print would be lines on stderr beside the one error line: in the fuzz
+# tests they fail the case. (TensorFlow's own import warnings are left as they are.)
+STRICT = pytest.mark.filterwarnings(
+    'error::RuntimeWarning:dataset',
+    'error::RuntimeWarning:sesemi_tf',
+    'error::RuntimeWarning:sesemi_base',
+    'error::RuntimeWarning:evaluate',
+    'error::pytest.PytestUnraisableExceptionWarning',
+)
 IS_ROOT = hasattr(os, 'geteuid') and os.geteuid() == 0
 ROOT_SKIP_REASON = 'runs as root, which reads files whatever their permission bits'
 

@@ -4,9 +4,11 @@ of bad input they must turn into a one-line UsageError."""
 
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from conftest import idx_bytes, write_bytes
 
 import dataset
 from dataset import cifar10, cifar100, fashion_mnist, svhn
-from dataset.common import read_file
+from dataset.common import as_labels, read_file
 from sesemi_base.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -503,6 +505,45 @@ def test_cifar_pickle_reconstructing_a_huge_array_is_refused(tmp_path):
     raw = b'\x80\x02cnumpy.core.multiarray\n_reconstruct\n' + args + b'R.'
     write_raw(tmp_path / 'test_batch', raw)
     usage_error(lambda: cifar10.load_data(str(tmp_path)), 'test_batch', 'reconstructs')
+
+
+@pytest.mark.parametrize('copy', [True, False])
+@pytest.mark.parametrize('flags', [1, 0x3F])
+def test_cifar_pickle_giving_a_dtype_other_flags_is_refused(tmp_path, copy, flags):
+    # Found by the long fuzz run: a flipped byte in the uint8 dtype's pickled state set its
+    # flags to "holds object references", and numpy raised an internal error (or, numpy
+    # 1.x, would read the pixels as pointers); with copy=False the state would change
+    # numpy's own uint8 type for the whole process.
+    write_cifar10(tmp_path)
+    raw = pickle.dumps({'data': cifar_rows(2, 0), 'labels': [0, 1]}, 2)
+    plain = b'J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t'  # elsize, alignment, flags 0
+    assert raw.count(plain) == 1
+    raw = raw.replace(plain, plain[:-3] + b'K' + bytes([flags]) + b't')
+    if not copy:  # dtype('u1', False, True) → dtype('u1', False, False), numpy's own
+        raw, n = re.subn(
+            rb'(X\x02\x00\x00\x00u1q.)\x89\x88', lambda m: m.group(1) + b'\x89\x89', raw, flags=re.S
+        )
+        assert n == 1
+    write_raw(tmp_path / 'test_batch', raw)
+    usage_error(lambda: cifar10.load_data(str(tmp_path)), 'test_batch', 'state numpy does not')
+    assert not np.dtype(np.uint8).hasobject and np.dtype(np.uint8).flags == 0
+
+
+def test_cifar_pickle_of_a_big_endian_machine_is_read(tmp_path):
+    write_cifar10(tmp_path)
+    labels = np.array([3, 1], '>i8')
+    write_pickle(tmp_path / 'test_batch', {'data': cifar_rows(2, 0), 'labels': labels})
+    assert list(cifar10.load_data(str(tmp_path))[1][1][-2:]) == [3, 1]
+
+
+@pytest.mark.parametrize('value', [1e300, -1e20, np.nan, np.inf])
+def test_float_labels_out_of_integer_range_are_refused_without_a_warning(value):
+    # Found by the long fuzz run: 1e300 passed as a whole number and its cast to int64
+    # printed numpy's RuntimeWarning on stderr before the range check.
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        with pytest.raises(ValueError, match='not integers'):
+            as_labels(np.array([1.0, value]))
 
 
 # ------------------------------------------------------------- SVHN contents

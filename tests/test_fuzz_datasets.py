@@ -16,6 +16,7 @@ import scipy.io
 from fuzzing import (
     IS_ROOT,
     ROOT_SKIP_REASON,
+    STRICT,
     SUBPROCESS_CASES,
     Refused,
     assert_refused,
@@ -31,6 +32,8 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from dataset import cifar10, cifar100, fashion_mnist, svhn
+
+pytestmark = STRICT
 
 N = 10  # images per file: one per class
 

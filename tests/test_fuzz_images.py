@@ -14,6 +14,7 @@ import pytest
 from fuzzing import (
     IS_ROOT,
     ROOT_SKIP_REASON,
+    STRICT,
     SUBPROCESS_CASES,
     Refused,
     assert_refused,
@@ -32,6 +33,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from dataset import folder, folder_images, image_cache, images
+
+pytestmark = STRICT
 
 SIZE = 8
 FORMATS = {'png': 'PNG', 'jpg': 'JPEG', 'bmp': 'BMP', 'gif': 'GIF'}

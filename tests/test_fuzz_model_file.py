@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 from fuzzing import (
+    STRICT,
     Refused,
     assert_refused,
     budget,
@@ -30,6 +31,8 @@ from hypothesis import strategies as st
 
 from dataset import fashion_mnist
 from sesemi_tf import model_io
+
+pytestmark = STRICT
 
 SHAPE = (32, 32, 1)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, write_fashion_mnist
 from fuzzing import (
+    STRICT,
     SUBPROCESS_CASES,
     Refused,
     assert_refused,
@@ -36,6 +37,8 @@ import evaluate
 from sesemi_base.errors import UsageError
 from sesemi_base.files import read_metrics
 from sesemi_tf import checks, config, results
+
+pytestmark = STRICT
 
 ARGS = config.to_json(config.RunConfig(data='fashion_mnist', labels=20, batch_size=4))
 METRICS = ''.join(
