@@ -21,6 +21,8 @@ loads; ``load_model`` also loads the Keras model.
 
 import json
 import os
+import subprocess
+import sys
 import warnings
 from typing import Optional, Sequence, Tuple
 
@@ -32,6 +34,37 @@ from sesemi_tf.preprocessing import Preprocessing, text
 
 GROUP = 'sesemi'
 HELP = 'pass the model.h5 that train_evaluate_asl2.py wrote to its --result folder'
+# h5py 2.10 (TF 1.15's, with HDF5 1.10.4) crashes on some damaged files, or asks for all the
+# memory there is, inside HDF5 where no except clause sees it. With it, a child process with
+# limited memory reads the whole file first, and a file it cannot read is refused without
+# being read here. (h5py 3 with HDF5 1.14 reported an error for every damaged file the fuzz
+# tests tried.)
+CHILD_READ_SECONDS = 120
+CHILD_OUT_OF_MEMORY, CHILD_READ_ERROR = 3, 4  # the child's exit codes
+_READ_EVERYTHING = """
+import os, resource, sys
+size = os.path.getsize(sys.argv[1])
+limit = (2 << 30) + 4 * size
+hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+if hard != resource.RLIM_INFINITY:
+    limit = min(limit, hard)
+resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+import h5py, numpy as np
+def read(name, item):
+    dict(item.attrs)
+    if isinstance(item, h5py.Dataset):
+        if int(np.prod(item.shape, dtype=object)) * item.dtype.itemsize <= size:
+            item[()]
+try:
+    with h5py.File(sys.argv[1], 'r') as f:
+        dict(f.attrs)
+        f.visititems(read)
+except MemoryError:
+    sys.exit(%d)
+except Exception as err:
+    sys.stderr.write('%%s: %%s' %% (type(err).__name__, ' '.join(str(err).split())[:200]))
+    sys.exit(%d)
+""" % (CHILD_OUT_OF_MEMORY, CHILD_READ_ERROR)
 # The layer classes of the networks' inference models (TF 1.15 and 2.x Keras), and the
 # model classes that hold them. A model file's config is checked against them before
 # Keras loads it: another class (a Lambda holds code) never reaches Keras.
@@ -153,6 +186,36 @@ def _quoted(value) -> str:
     return text if len(text) <= 60 else text[:57] + '...'
 
 
+def _read_in_a_child(path: str, program: str = _READ_EVERYTHING) -> None:
+    """Reads every attribute and dataset of the HDF5 file ``path`` in a child process.
+
+    Raises:
+        UsageError: the child died from a signal (HDF5 crashed), ran out of its memory,
+            failed to read the file, or did not finish in CHILD_READ_SECONDS.
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, '-c', program, path],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=CHILD_READ_SECONDS,
+        )
+    except subprocess.TimeoutExpired as err:
+        raise UsageError(
+            "model file '%s' is damaged: HDF5 did not finish reading it in %d s; %s"
+            % (path, CHILD_READ_SECONDS, HELP)
+        ) from err
+    if proc.returncode < 0:
+        detail = ': HDF5 crashed reading it (signal %d)' % -proc.returncode
+    elif proc.returncode == CHILD_OUT_OF_MEMORY:
+        detail = ': HDF5 asked for more memory than a file of its size needs'
+    elif proc.returncode == CHILD_READ_ERROR:
+        detail = ' (%s)' % ' '.join(proc.stderr.decode('utf-8', 'replace').split())[-300:]
+    else:
+        return  # read, or the child failed otherwise: the caller's own reading tells
+    raise UsageError("model file '%s' is damaged%s; %s" % (path, detail, HELP))
+
+
 def read_preprocessing(
     path: str, data: Optional[str] = None, input_shape: Optional[Sequence[int]] = None
 ) -> Preprocessing:
@@ -177,6 +240,8 @@ def read_preprocessing(
     try:
         if not h5py.is_hdf5(path):
             raise UsageError("model file '%s' is not an HDF5 file; %s" % (path, HELP))
+        if h5py.version.version_tuple[0] < 3:
+            _read_in_a_child(path)
         with h5py.File(path, 'r') as f:
             if 'model_config' not in f.attrs or 'model_weights' not in f:
                 raise UsageError("model file '%s' holds no Keras model; %s" % (path, HELP))

@@ -11,6 +11,7 @@ import tempfile
 import h5py
 import numpy as np
 import pytest
+from conftest import ROOT
 from fuzzing import (
     STRICT,
     Refused,
@@ -30,6 +31,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dataset import fashion_mnist
+from sesemi_base.errors import UsageError
 from sesemi_tf import model_io
 
 pytestmark = STRICT
@@ -186,6 +188,43 @@ def test_an_internal_error_while_loading_keeps_its_traceback(model_file, monkeyp
     monkeypatch.setattr(model_io, '_keras_input_shape', broken)
     with pytest.raises(RuntimeError):
         model_io.read_preprocessing(model_file[0])
+
+
+def test_model_file_that_crashes_hdf5_1_10_is_one_line(tmp_path):
+    # Found by a long fuzz run on TF 1.15: h5py 2.10 (HDF5 1.10.4) reading the attributes of
+    # this byte-damaged file (a model as the fixture's) asked for all the memory there is and
+    # died (a segmentation fault, or killed by the kernel).
+    path = str(tmp_path / 'model.h5')
+    shutil.copy(os.path.join(ROOT, 'tests', 'data', 'model_crashing_hdf5_1_10.h5'), path)
+    result = read(path)
+    assert isinstance(result, Refused) and 'damaged' in result.message
+    if h5py.version.version_tuple[0] < 3:  # read by the child, within its memory limit
+        assert 'memory allocation failed' in result.message
+
+
+@pytest.mark.parametrize(
+    'program, message',
+    [
+        (
+            'import os, signal; os.kill(os.getpid(), signal.SIGSEGV)',
+            'crashed reading it (signal 11)',
+        ),
+        ('import time; time.sleep(60)', 'did not finish reading it in 1 s'),
+        ('import sys; sys.exit(%d)' % model_io.CHILD_OUT_OF_MEMORY, 'more memory than'),
+        (
+            'import sys; sys.stderr.write("OSError: bad heap"); sys.exit(%d)'
+            % model_io.CHILD_READ_ERROR,
+            'is damaged (OSError: bad heap)',
+        ),
+    ],
+)
+def test_a_child_read_that_fails_is_one_line(model_file, monkeypatch, program, message):
+    monkeypatch.setattr(model_io, 'CHILD_READ_SECONDS', 1)
+    with pytest.raises(UsageError) as raised:
+        model_io._read_in_a_child(model_file[0], program)
+    assert message in str(raised.value) and model_file[0] in str(raised.value)
+    assert '\n' not in str(raised.value)
+    model_io._read_in_a_child(model_file[0])  # the real reading of a valid file passes
 
 
 def test_model_file_with_a_damaged_symbol_table_is_one_line(model_file, tmp_path):
