@@ -156,6 +156,23 @@ class _Stored:
         return self.datasets[name]
 
 
+def _check_declared_sizes(f, file_size: int) -> None:
+    """Refuses a dataset (a weight, say) that declares more bytes than the file holds,
+    before Keras reads it: a damaged shape could ask for any size.
+
+    Raises:
+        ValueError: such a dataset, named.
+    """
+
+    def check(name, item):
+        if hasattr(item, 'dtype'):  # a dataset
+            declared = int(np.prod(item.shape, dtype=object)) * item.dtype.itemsize
+            if declared > file_size:
+                raise ValueError('dataset %s declares %d bytes' % (name, declared))
+
+    f.visititems(check)
+
+
 def _foreign_layer(config) -> Optional[str]:
     """What in a Keras model config is outside LAYER_CLASSES and MODEL_CLASSES (a short
     description), or None.
@@ -250,6 +267,7 @@ def read_preprocessing(
                     "model file '%s' has no '%s' preprocessing group (written by an "
                     'older version?); %s' % (path, GROUP, HELP)
                 )
+            _check_declared_sizes(f, os.path.getsize(path))
             stored = _Stored(f[GROUP], os.path.getsize(path))
             model_config = f.attrs['model_config']
     except UsageError:

@@ -227,6 +227,21 @@ def test_a_child_read_that_fails_is_one_line(model_file, monkeypatch, program, m
     model_io._read_in_a_child(model_file[0])  # the real reading of a valid file passes
 
 
+def test_a_weight_declaring_more_bytes_than_the_file_is_refused_before_keras(model_file, tmp_path):
+    # Found by a long fuzz run on TF 1.15: three bytes overwritten in a weight's dataspace
+    # declared a 3x1056964611x1x2 float32 kernel, and Keras' load_model asked numpy for
+    # 23.6 GiB (MemoryError). The declared sizes are checked before Keras reads any weight.
+    path, raw = model_file
+    with h5py.File(str(tmp_path / 'model.h5'), 'w') as out:
+        out.create_dataset('big', shape=(3, 1056964611, 1, 2), dtype='f4')  # declared, not written
+    with h5py.File(str(tmp_path / 'model.h5'), 'r') as f, pytest.raises(
+        ValueError, match='dataset big declares 25367150664 bytes'
+    ):
+        model_io._check_declared_sizes(f, len(raw))
+    with h5py.File(path, 'r') as f:
+        model_io._check_declared_sizes(f, len(raw))  # the valid file passes
+
+
 def test_model_file_with_a_damaged_symbol_table_is_one_line(model_file, tmp_path):
     # Found by fuzzing: h5py raised RuntimeError ('bad symbol table node signature'),
     # which read_preprocessing let through as a traceback.
