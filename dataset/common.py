@@ -142,10 +142,13 @@ def as_labels(values: Any) -> np.ndarray:
         labels = labels.reshape(-1)
     if labels.ndim != 1:
         raise ValueError('labels have shape %s, expected a vector' % (labels.shape,))
-    if labels.dtype.kind == 'f':
+    if labels.dtype.kind == 'f':  # whole numbers that int64 holds exactly
         with np.errstate(invalid='ignore'):  # NaN and infinity are refused just below
             whole = np.isfinite(labels) & (labels == np.round(labels)) & (abs(labels) < 2.0**53)
-    if labels.dtype.kind not in 'iu' and (labels.dtype.kind != 'f' or not np.all(whole)):
+        integers = bool(np.all(whole))
+    else:
+        integers = labels.dtype.kind in 'iu'
+    if not integers:
         raise ValueError('labels are not integers (dtype %s)' % labels.dtype)
     return labels.astype(np.int64)
 

@@ -136,29 +136,22 @@ def _keras_input_shape(config) -> Optional[Tuple[int, ...]]:
 
 class _Stored:
     """The preprocessing group's attributes and datasets, read out of the HDF5 file
-    (what ``Preprocessing.read`` takes of an h5py group).
-
-    A dataset is read only when the file can hold it: a damaged header could
-    declare any size.
+    (what ``Preprocessing.read`` takes of an h5py group). The file's declared sizes
+    are checked first (``_check_declared_sizes``).
     """
 
-    def __init__(self, group, file_size: int):
+    def __init__(self, group):
         self.attrs = dict(group.attrs)
-        self.datasets = {}
-        for name in group:
-            stored = group[name]
-            declared = int(np.prod(stored.shape, dtype=object)) * stored.dtype.itemsize
-            if declared > file_size:
-                raise ValueError('dataset %s declares %d bytes' % (name, declared))
-            self.datasets[name] = stored[()]
+        self.datasets = {name: group[name][()] for name in group}
 
     def __getitem__(self, name: str):
         return self.datasets[name]
 
 
 def _check_declared_sizes(f, file_size: int) -> None:
-    """Refuses a dataset (a weight, say) that declares more bytes than the file holds,
-    before Keras reads it: a damaged shape could ask for any size.
+    """Refuses a dataset (a weight or the preprocessing's ZCA matrix) that declares more
+    bytes than the file holds, before it is read here or by Keras: a damaged shape could
+    ask for any size.
 
     Raises:
         ValueError: such a dataset, named.
@@ -268,7 +261,7 @@ def read_preprocessing(
                     'older version?); %s' % (path, GROUP, HELP)
                 )
             _check_declared_sizes(f, os.path.getsize(path))
-            stored = _Stored(f[GROUP], os.path.getsize(path))
+            stored = _Stored(f[GROUP])
             model_config = f.attrs['model_config']
     except UsageError:
         raise
